@@ -1,0 +1,156 @@
+"""SymPy functions the catalog needs beyond SymPy's own, each with three faces.
+
+* ``explicit``: the textbook definition in elementary functions. LaTeX derivations and the mpmath
+  references use it, so a kernel is always checked against the plain formula.
+* ``stable``: a piecewise form that never overflows for finite arguments. The printer emits it as a
+  helper in the generated package; it is proven equal to ``explicit`` (see tests/test_functions.py).
+* ``derivative``: the derivative written with library functions, so that the derivative of a
+  stable forward is stable too (sigmoid' = sigmoid·(1 - sigmoid) instead of e^-x/(1+e^-x)^2, which is
+  inf/inf at x = -1000). It is *checked* against SymPy's derivative of ``explicit`` at generation.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+
+_z = sp.Dummy("z", real=True)
+
+
+class LibraryFunction(sp.Function):
+    """A one-argument function with an explicit definition, a stable form and a checked derivative."""
+
+    nargs = 1
+    latex_name: str = ""
+
+    @classmethod
+    def explicit(cls, z: sp.Expr) -> sp.Expr:
+        raise NotImplementedError
+
+    @classmethod
+    def stable(cls, z: sp.Expr) -> sp.Expr:
+        raise NotImplementedError
+
+    @classmethod
+    def derivative(cls, z: sp.Expr) -> sp.Expr:
+        raise NotImplementedError
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        if argindex != 1:
+            raise sp.ArgumentIndexError(self, argindex)
+        return self.derivative(self.args[0])
+
+    def _eval_rewrite_as_exp(self, z: sp.Expr, **kwargs) -> sp.Expr:
+        return self.explicit(z)
+
+    def _eval_is_real(self) -> bool | None:
+        return self.args[0].is_real
+
+    def _latex(self, printer, exp=None) -> str:
+        arg = printer._print(self.args[0])
+        base = rf"{self.latex_name}\left({arg}\right)"
+        return base if exp is None else rf"{base}^{{{exp}}}"
+
+
+class sigmoid(LibraryFunction):  # noqa: N801 - SymPy functions are lower case
+    """The logistic function 1 / (1 + e^-z)."""
+
+    latex_name = r"\sigma"
+
+    @classmethod
+    def explicit(cls, z):
+        return 1 / (1 + sp.exp(-z))
+
+    @classmethod
+    def stable(cls, z):
+        # Only ever exponentiate a non-positive number: e^-|z| <= 1 cannot overflow.
+        return sp.Piecewise((1 / (1 + sp.exp(-z)), z >= 0), (sp.exp(z) / (1 + sp.exp(z)), True))
+
+    @classmethod
+    def derivative(cls, z):
+        return cls(z) * (1 - cls(z))
+
+
+class softplus(LibraryFunction):  # noqa: N801
+    """log(1 + e^z), the smooth ReLU."""
+
+    latex_name = r"\operatorname{softplus}"
+
+    @classmethod
+    def explicit(cls, z):
+        return sp.log(1 + sp.exp(z))
+
+    @classmethod
+    def stable(cls, z):
+        # log(1 + e^z) = z + log1p(e^-z): again only e^-|z| is ever formed.
+        return sp.Piecewise((z + log1p(sp.exp(-z)), z > 0), (log1p(sp.exp(z)), True))
+
+    @classmethod
+    def derivative(cls, z):
+        return sigmoid(z)
+
+
+class logsigmoid(LibraryFunction):  # noqa: N801
+    """log σ(z) = -softplus(-z)."""
+
+    latex_name = r"\log\sigma"
+
+    @classmethod
+    def explicit(cls, z):
+        return sp.log(1 / (1 + sp.exp(-z)))
+
+    @classmethod
+    def stable(cls, z):
+        return sp.Piecewise((-log1p(sp.exp(-z)), z > 0), (z - log1p(sp.exp(z)), True))
+
+    @classmethod
+    def derivative(cls, z):
+        return sigmoid(-z)
+
+
+def canonical_library(expr: sp.Expr) -> sp.Expr:
+    """σ(-z) -> 1 - σ(z), so that e.g. 1 - t - σ(-x) collapses to σ(x) - t (for display)."""
+    return sp.expand(expr.replace(
+        lambda e: isinstance(e, sigmoid) and e.args[0].could_extract_minus_sign(),
+        lambda e: 1 - sigmoid(-e.args[0]),
+    ))
+
+
+LIBRARY: tuple[type[LibraryFunction], ...] = (sigmoid, softplus, logsigmoid)
+
+# Names a user formula may call; also what ``explicit_form`` expands.
+LIBRARY_BY_NAME: dict[str, type[LibraryFunction]] = {f.__name__: f for f in LIBRARY}
+
+# Every function a formula may contain; the printer has a rule for each of them.
+ALLOWED_FUNCTIONS: frozenset = frozenset(
+    {*LIBRARY, sp.Piecewise, sp.exp, sp.log, sp.tanh, sp.erf, sp.Abs, sp.sign, sp.Max, sp.Min, log1p, expm1}
+)
+
+
+def explicit_form(expr: sp.Expr) -> sp.Expr:
+    """Expand every library function into its textbook definition."""
+    return expr.replace(
+        lambda e: isinstance(e, LibraryFunction), lambda e: type(e).explicit(e.args[0])
+    )
+
+
+def elementary_form(expr: sp.Expr) -> sp.Expr:
+    """Like ``explicit_form`` but also turns log1p/expm1 back into log/exp, for mpmath references."""
+    expr = explicit_form(expr)
+    return expr.replace(log1p, lambda a: sp.log(1 + a)).replace(expm1, lambda a: sp.exp(a) - 1)
+
+
+__all__ = [
+    "ALLOWED_FUNCTIONS",
+    "LIBRARY",
+    "LIBRARY_BY_NAME",
+    "LibraryFunction",
+    "canonical_library",
+    "elementary_form",
+    "explicit_form",
+    "expm1",
+    "log1p",
+    "logsigmoid",
+    "sigmoid",
+    "softplus",
+]

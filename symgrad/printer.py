@@ -1,0 +1,197 @@
+"""SymPy -> Numba source, one printer per dtype.
+
+Strict: a node without a rule raises ``PrinterError`` instead of printing something Numba would
+reinterpret. Every literal is typed (``np.float32(0.5)`` in float32 code) because Numba, like
+NumPy, promotes float32 * float64-literal to float64: an untyped constant would silently turn a
+float32 kernel into a float64 one.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.pycode import PythonCodePrinter
+
+from symgrad.functions import LibraryFunction
+
+DTYPES = ("float32", "float64")
+
+
+class PrinterError(ValueError):
+    """The expression contains something the Numba printer has no rule for."""
+
+
+def helper_name(fn: type[LibraryFunction] | str, dtype: str) -> str:
+    """Name of the generated scalar helper for a library function, e.g. ``sigmoid_f32``."""
+    name = fn if isinstance(fn, str) else fn.__name__
+    return f"{name}_{'f32' if dtype == 'float32' else 'f64'}"
+
+
+class NumbaPrinter(PythonCodePrinter):
+    """Prints scalar expressions for ``@njit`` code of one dtype."""
+
+    # Functions Numba compiles natively for float32 and float64.
+    _math = {sp.exp: "math.exp", sp.log: "math.log", sp.tanh: "math.tanh", sp.erf: "math.erf",
+             log1p: "math.log1p", expm1: "math.expm1"}
+
+    def __init__(self, dtype: str, *, helper_module: str = "_fn") -> None:
+        if dtype not in DTYPES:
+            raise PrinterError(f"unsupported dtype {dtype!r}; use one of {DTYPES}")
+        super().__init__({"strict": True, "fully_qualified_modules": False})
+        self.dtype = dtype
+        self.helper_module = helper_module
+
+    # -- literals: always typed ---------------------------------------------------------------
+    def _literal(self, value: float) -> str:
+        text = repr(float(value))
+        return f"np.{self.dtype}({text})" if self.dtype == "float32" else text
+
+    def _print_Float(self, expr: sp.Float) -> str:
+        return self._literal(float(expr))
+
+    def _print_Integer(self, expr: sp.Integer) -> str:
+        return self._literal(int(expr))
+
+    _print_Rational = _print_Float  # a Rational is a real constant in a float kernel
+
+    def _print_Zero(self, expr) -> str:
+        return self._literal(0.0)
+
+    def _print_One(self, expr) -> str:
+        return self._literal(1.0)
+
+    def _print_NegativeOne(self, expr) -> str:
+        return self._literal(-1.0)
+
+    def _print_Half(self, expr) -> str:
+        return self._literal(0.5)
+
+    def _print_Exp1(self, expr) -> str:
+        return self._literal(float(sp.E))
+
+    def _print_Pi(self, expr) -> str:
+        return self._literal(float(sp.pi))
+
+    def _print_BooleanTrue(self, expr) -> str:
+        return "True"
+
+    def _print_BooleanFalse(self, expr) -> str:
+        return "False"
+
+    def _print_NaN(self, expr) -> str:
+        return f"np.{self.dtype}(np.nan)"
+
+    def _print_Infinity(self, expr) -> str:
+        return f"np.{self.dtype}(np.inf)"
+
+    def _print_NegativeInfinity(self, expr) -> str:
+        return f"np.{self.dtype}(-np.inf)"
+
+    # -- arithmetic -----------------------------------------------------------------------------
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        base, exp = expr.args
+        if exp.is_Integer and 1 <= abs(int(exp)) <= 4:
+            # Small integer powers as products: exact, and no call to pow.
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
+            prod = "*".join([b] * abs(int(exp)))
+            return prod if exp > 0 else f"{self._literal(1.0)}/({prod})"
+        if exp == sp.S.Half:
+            return f"math.sqrt({self._print(base)})"
+        if exp == -sp.S.Half:
+            return f"{self._literal(1.0)}/math.sqrt({self._print(base)})"
+        b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Pow"])
+        e = self.parenthesize(exp, sp.printing.precedence.PRECEDENCE["Pow"])
+        return f"{b}**{e}"
+
+    # -- functions -------------------------------------------------------------------------------
+    def _print_Function(self, expr: sp.Function) -> str:
+        if isinstance(expr, LibraryFunction):
+            # Stable helper generated from the function's stable form (see render).
+            return f"{self.helper_module}.{helper_name(type(expr), self.dtype)}" \
+                   f"({self._print(expr.args[0])})"
+        name = self._math.get(expr.func)
+        if name is None:
+            raise PrinterError(f"no Numba rule for function {expr.func}")
+        return f"{name}({self._print(expr.args[0])})"
+
+    _print_exp = _print_log = _print_tanh = _print_erf = _print_Function
+    _print_log1p = _print_expm1 = _print_Function
+
+    def _print_Abs(self, expr: sp.Abs) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_sign(self, expr: sp.sign) -> str:
+        # torch.sign: 0 at 0 and nan at nan (the last branch returns the argument unchanged).
+        a = self._print(expr.args[0])
+        return (f"({self._literal(1.0)} if {a} > 0 else ({self._literal(-1.0)} if {a} < 0 "
+                f"else {a}*{self._literal(0.0)}))")
+
+    def _minmax(self, expr, op: str) -> str:
+        args = [self._print(a) for a in expr.args]
+        out = args[0]
+        for a in args[1:]:
+            # Branch, not min()/max(): nan propagates from the first argument as in torch.
+            out = f"({out} if not ({a} {op} {out}) else {a})"
+        return out
+
+    def _print_Max(self, expr: sp.Max) -> str:
+        return self._minmax(expr, ">")
+
+    def _print_Min(self, expr: sp.Min) -> str:
+        return self._minmax(expr, "<")
+
+    # -- branches: ternaries, so only the taken branch is evaluated -----------------------------
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        parts = list(expr.args)
+        if parts[-1][1] != sp.true:
+            raise PrinterError("a Piecewise needs a final (expr, True) branch")
+        out = self._print(parts[-1][0])
+        for value, cond in reversed(parts[:-1]):
+            out = f"({self._print(value)} if {self._print(cond)} else {out})"
+        return out
+
+    def _print_Relational(self, expr) -> str:
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+
+    def _print_And(self, expr) -> str:
+        return "(" + " and ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr) -> str:
+        return "(" + " or ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr) -> str:
+        return f"(not {self._print(expr.args[0])})"
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        return expr.name
+
+    def emptyPrinter(self, expr):  # noqa: N802 - SymPy's name
+        raise PrinterError(f"no Numba rule for {type(expr).__name__}: {expr}")
+
+
+def count_ops(exprs: list[sp.Expr]) -> int:
+    """Operation count of the CSE'd expressions, for the cost comment in generated code."""
+    return int(sum(sp.count_ops(e) for e in exprs))
+
+
+def print_block(outputs: dict[str, sp.Expr], dtype: str, indent: int = 4,
+                helper_module: str = "_fn") -> tuple[list[str], int]:
+    """Statements assigning each output, with common subexpressions shared.
+
+    Returns the lines and the operation count after CSE.
+    """
+    printer = NumbaPrinter(dtype, helper_module=helper_module)
+    names = list(outputs)
+    temps, reduced = sp.cse(list(outputs.values()), symbols=sp.numbered_symbols("_c"),
+                            optimizations="basic")
+    pad = " " * indent
+    lines = [f"{pad}{sym.name} = {printer.doprint(expr)}" for sym, expr in temps]
+    lines += [f"{pad}{name} = {printer.doprint(expr)}" for name, expr in
+              zip(names, reduced, strict=True)]
+    ops = count_ops([e for _, e in temps] + list(reduced))
+    return lines, ops
+
+
+def print_expr(expr: sp.Expr, dtype: str, helper_module: str = "_fn") -> str:
+    return NumbaPrinter(dtype, helper_module=helper_module).doprint(expr)
