@@ -41,6 +41,9 @@ from symgrad.spec import (
 E = sp.Symbol("e", positive=True)  # exp(sign·x - max) stored by the sum pass
 S = sp.Symbol("s", positive=True)  # Σ_j exp(sign·x_j - max)
 G = sp.Symbol("g", real=True)  # upstream gradient element
+A = sp.Symbol("a", real=True)  # a row's reduction Σ_i g_i·U(y_i), in the rowwise VJP
+XM = sp.Symbol("xm", real=True)  # sign·x - max(sign·x), in the rowwise forward
+LS = sp.Symbol("ls", real=True)  # log Σ exp(sign·x - max)
 
 STABILITY_REWRITES = (expm1_opt, log1p_opt)
 
@@ -303,6 +306,7 @@ class RowwiseDerivation:
     spec: LogSumExpRowwise
     forward: sp.Expr  # y in terms of X and LSE
     forward_from_e: sp.Expr | None  # y in terms of E = exp(sign·x - max) and S, if F uses it
+    forward_shifted: sp.Expr  # y in terms of XM = sign·x - max and LS = log S (no cancellation)
     jac_diag: sp.Expr  # D(Y):    J_ik = δ_ik·D(y_k) + U(y_i)·V(y_k)
     jac_left: sp.Expr  # U(Y)
     jac_right: sp.Expr  # V(Y)
@@ -356,6 +360,10 @@ def _derive_rowwise(spec: LogSumExpRowwise) -> RowwiseDerivation:
     from_e = spec.forward.subs(LSE, shift + sp.log(S)).subs(X, sign * (shift + sp.log(E)))
     from_e = sp.simplify(sp.expand_log(sp.powsimp(from_e), force=True))
     forward_from_e = from_e if spec.forward.has(sp.exp) and not from_e.has(shift) else None
+    # Shift invariance: F depends on sign·x - L only, so subtract the max before anything else.
+    shifted = sp.simplify(spec.forward.subs(LSE, shift + LS).subs(X, sign * (XM + shift)))
+    if shifted.has(shift):
+        raise DerivationError(f"{spec.name}: F(x, L) is not invariant to shifting x and L")
 
     proofs = [Proof(r"J_{ik} = \delta_{ik} D(y_k) + U(y_i) V(y_k)",
                     _check_rowwise(spec, diag, left, right))]
@@ -381,9 +389,10 @@ def _derive_rowwise(spec: LogSumExpRowwise) -> RowwiseDerivation:
         Step("Kernel evaluates (forward)",
              rf"y = {sp.latex(forward_from_e if forward_from_e is not None else spec.forward)}"
              + (r",\quad e = e^{x - \max x},\ s = \sum e" if forward_from_e is not None else
-                r",\quad L = \max x + \log \sum e^{x - \max x}")),
+                rf" = {sp.latex(shifted)},\quad x_m = x - \max x,\ "
+                r"l_s = \log \sum e^{x_m}")),
     )
-    return RowwiseDerivation(spec, spec.forward, forward_from_e, diag, left, right, steps,
+    return RowwiseDerivation(spec, spec.forward, forward_from_e, shifted, diag, left, right, steps,
                              tuple(proofs))
 
 

@@ -27,6 +27,7 @@ from symgrad.derive import (
     RowwiseDerivation,
     derive,
 )
+from symgrad.derive import A as A_SYM
 from symgrad.derive import E as E_SYM
 from symgrad.derive import G as G_SYM
 from symgrad.derive import S as S_SYM
@@ -119,12 +120,9 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
             if guard:
                 lines.append("gx = y if y != y else gx")
             body["backward_y"][dt] = _indent(lines + ["out[i] = gx"])
-            # Fused: y first, then the output-form derivative of the y just computed.
-            gy, n_g = _block({"gx": G_SYM * d.grad_y}, dt)
-            fb = [*fwd, *gy]
-            n_fb = ops["forward"] + n_g
-        else:
-            fb, n_fb = _block({"y": d.forward, "gx": G_SYM * d.grad_x}, dt)
+        # Fused: x is at hand, so the x-form derivative (never less accurate than the output
+        # form, e.g. elu's y + alpha cancels for x << 0), sharing subexpressions with forward.
+        fb, n_fb = _block({"y": d.forward, "gx": G_SYM * d.grad_x}, dt)
         lines = ["x = xs[i]", "g = gs[i]", f"# fused: {n_fb} ops", *fb]
         if guard:
             lines += ["y = x if x != x else y", "gx = x if x != x else gx"]
@@ -138,16 +136,17 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
 
 def _rowwise_context(d: RowwiseDerivation) -> dict:
     sign = d.spec.input_sign
-    exprs: dict[str, dict[str, str]] = {k: {} for k in ("y_from_e", "y_from_l", "diag", "left",
-                                                          "right", "sign")}
+    exprs: dict[str, dict[str, str]] = {k: {} for k in ("y_from_e", "y_shifted", "left", "vjp",
+                                                          "sign")}
+    # Factored, so that softmax prints y*(g + a) rather than g*y + y*a (less cancellation).
+    vjp = sp.factor(G_SYM * d.jac_diag + d.jac_right * A_SYM)
     for dt in DTYPES:
         exprs["sign"][dt] = print_expr(sp.Integer(sign), dt)
         if d.forward_from_e is not None:
             exprs["y_from_e"][dt] = print_expr(d.forward_from_e, dt)
-        exprs["y_from_l"][dt] = print_expr(d.forward, dt)
-        exprs["diag"][dt] = print_expr(d.jac_diag, dt)
+        exprs["y_shifted"][dt] = print_expr(d.forward_shifted, dt)
         exprs["left"][dt] = print_expr(d.jac_left, dt)
-        exprs["right"][dt] = print_expr(d.jac_right, dt)
+        exprs["vjp"][dt] = print_expr(vjp, dt)
     text = {
         "forward": _text(d.forward), "lse": f"L = log(sum_j exp({'' if sign == 1 else '-'}x_j))",
         "vjp": f"grad_k = g_k*({_text(d.jac_diag.subs(Y, sp.Symbol('y_k')))}) + "

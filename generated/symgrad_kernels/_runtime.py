@@ -21,6 +21,8 @@ REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 def float_array(value, name, fn):
     """``value`` as a C-contiguous float32/float64 ndarray (a copy only if it is not one)."""
+    if isinstance(value, np.floating):  # a NumPy scalar is a 0-d array
+        value = np.asarray(value)
     if not isinstance(value, np.ndarray):
         raise TypeError(
             f"{fn}: {name} must be a numpy.ndarray of float32 or float64, "
@@ -31,7 +33,8 @@ def float_array(value, name, fn):
             f"{fn}: {name} has dtype {value.dtype}; only float32 and float64 are supported "
             f"(convert with {name}.astype(np.float32))"
         )
-    return np.ascontiguousarray(value)
+    # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
+    return value if value.flags.c_contiguous else value.copy(order="C")
 
 
 def same_dtype(array, name, reference, ref_name, fn):

@@ -35,10 +35,10 @@ def _forward_ser_float32(xs, out, shape):
         for j in range(n):
             e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float32(acc))
+        ls = math.log(np.float32(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = np.float32(1.0) * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_par_float32(xs, out, shape):
@@ -55,10 +55,10 @@ def _forward_par_float32(xs, out, shape):
         for j in range(n):
             e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float32(acc))
+        ls = math.log(np.float32(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = np.float32(1.0) * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
 
 
 @njit(cache=True, error_model="numpy")
@@ -74,7 +74,8 @@ def _backward_ser_float32(ys, gs, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (np.float32(1.0)) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _backward_par_float32(ys, gs, grad, shape):
@@ -89,7 +90,8 @@ def _backward_par_float32(ys, gs, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (np.float32(1.0)) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 
 @njit(cache=True, error_model="numpy")
@@ -107,10 +109,10 @@ def _forward_backward_ser_float32(xs, gs, out, grad, shape):
         for j in range(n):
             e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float32(acc))
+        ls = math.log(np.float32(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = np.float32(1.0) * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
         ys = out
         acc = 0.0
         for j in range(n):
@@ -119,7 +121,8 @@ def _forward_backward_ser_float32(xs, gs, out, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (np.float32(1.0)) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float32(xs, gs, out, grad, shape):
@@ -136,10 +139,10 @@ def _forward_backward_par_float32(xs, gs, out, grad, shape):
         for j in range(n):
             e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float32(acc))
+        ls = math.log(np.float32(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = np.float32(1.0) * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
         ys = out
         acc = 0.0
         for j in range(n):
@@ -148,7 +151,8 @@ def _forward_backward_par_float32(xs, gs, out, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (np.float32(1.0)) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 
 # ---------------------------------------------------------------- float64
@@ -169,10 +173,10 @@ def _forward_ser_float64(xs, out, shape):
         for j in range(n):
             e = math.exp(1.0 * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float64(acc))
+        ls = math.log(np.float64(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = 1.0 * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_par_float64(xs, out, shape):
@@ -189,10 +193,10 @@ def _forward_par_float64(xs, out, shape):
         for j in range(n):
             e = math.exp(1.0 * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float64(acc))
+        ls = math.log(np.float64(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = 1.0 * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
 
 
 @njit(cache=True, error_model="numpy")
@@ -208,7 +212,8 @@ def _backward_ser_float64(ys, gs, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (1.0) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _backward_par_float64(ys, gs, grad, shape):
@@ -223,7 +228,8 @@ def _backward_par_float64(ys, gs, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (1.0) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 
 @njit(cache=True, error_model="numpy")
@@ -241,10 +247,10 @@ def _forward_backward_ser_float64(xs, gs, out, grad, shape):
         for j in range(n):
             e = math.exp(1.0 * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float64(acc))
+        ls = math.log(np.float64(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = 1.0 * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
         ys = out
         acc = 0.0
         for j in range(n):
@@ -253,7 +259,8 @@ def _forward_backward_ser_float64(xs, gs, out, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (1.0) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float64(xs, gs, out, grad, shape):
@@ -270,10 +277,10 @@ def _forward_backward_par_float64(xs, gs, out, grad, shape):
         for j in range(n):
             e = math.exp(1.0 * xs[o, j, c] - m)
             acc += e
-        L = m + math.log(np.float64(acc))
+        ls = math.log(np.float64(acc))
         for j in range(n):
-            x = xs[o, j, c]
-            out[o, j, c] = -L + x
+            xm = 1.0 * xs[o, j, c] - m
+            out[o, j, c] = -ls + xm
         ys = out
         acc = 0.0
         for j in range(n):
@@ -282,7 +289,8 @@ def _forward_backward_par_float64(xs, gs, out, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (1.0) + (math.exp(y)) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = a*math.exp(y) + g
 
 
 def _pick(name, dtype, size):

@@ -87,9 +87,10 @@ def _forward_backward_ser_float32(xs, gs, out_y, out_g, n):
     for i in range(n):
         x = xs[i]
         g = gs[i]
-        # fused: 3 ops
-        y = (x if (x > np.float32(0.0)) else np.float32(0.0))
-        gx = g*(np.float32(1.0) if (y > np.float32(0.0)) else np.float32(0.0))
+        # fused: 4 ops
+        _c0 = (x > np.float32(0.0))
+        y = (x if _c0 else np.float32(0.0))
+        gx = g*(np.float32(1.0) if _c0 else np.float32(0.0))
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y
@@ -100,9 +101,10 @@ def _forward_backward_par_float32(xs, gs, out_y, out_g, n):
     for i in prange(n):
         x = xs[i]
         g = gs[i]
-        # fused: 3 ops
-        y = (x if (x > np.float32(0.0)) else np.float32(0.0))
-        gx = g*(np.float32(1.0) if (y > np.float32(0.0)) else np.float32(0.0))
+        # fused: 4 ops
+        _c0 = (x > np.float32(0.0))
+        y = (x if _c0 else np.float32(0.0))
+        gx = g*(np.float32(1.0) if _c0 else np.float32(0.0))
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y
@@ -177,9 +179,10 @@ def _forward_backward_ser_float64(xs, gs, out_y, out_g, n):
     for i in range(n):
         x = xs[i]
         g = gs[i]
-        # fused: 3 ops
-        y = (x if (x > 0.0) else 0.0)
-        gx = g*(1.0 if (y > 0.0) else 0.0)
+        # fused: 4 ops
+        _c0 = (x > 0.0)
+        y = (x if _c0 else 0.0)
+        gx = g*(1.0 if _c0 else 0.0)
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y
@@ -190,9 +193,10 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, n):
     for i in prange(n):
         x = xs[i]
         g = gs[i]
-        # fused: 3 ops
-        y = (x if (x > 0.0) else 0.0)
-        gx = g*(1.0 if (y > 0.0) else 0.0)
+        # fused: 4 ops
+        _c0 = (x > 0.0)
+        y = (x if _c0 else 0.0)
+        gx = g*(1.0 if _c0 else 0.0)
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y

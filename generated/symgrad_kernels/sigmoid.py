@@ -84,8 +84,9 @@ def _forward_backward_ser_float32(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = _fn.sigmoid_f32(x)
-        gx = -g*y*(y + np.float32(-1.0))
+        _c0 = _fn.sigmoid_f32(x)
+        y = _c0
+        gx = -_c0*g*(_c0 + np.float32(-1.0))
         out_y[i] = y
         out_g[i] = gx
 
@@ -95,8 +96,9 @@ def _forward_backward_par_float32(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = _fn.sigmoid_f32(x)
-        gx = -g*y*(y + np.float32(-1.0))
+        _c0 = _fn.sigmoid_f32(x)
+        y = _c0
+        gx = -_c0*g*(_c0 + np.float32(-1.0))
         out_y[i] = y
         out_g[i] = gx
 
@@ -166,8 +168,9 @@ def _forward_backward_ser_float64(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = _fn.sigmoid_f64(x)
-        gx = -g*y*(y - 1.0)
+        _c0 = _fn.sigmoid_f64(x)
+        y = _c0
+        gx = -_c0*g*(_c0 - 1.0)
         out_y[i] = y
         out_g[i] = gx
 
@@ -177,8 +180,9 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = _fn.sigmoid_f64(x)
-        gx = -g*y*(y - 1.0)
+        _c0 = _fn.sigmoid_f64(x)
+        y = _c0
+        gx = -_c0*g*(_c0 - 1.0)
         out_y[i] = y
         out_g[i] = gx
 

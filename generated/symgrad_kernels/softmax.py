@@ -76,7 +76,8 @@ def _backward_ser_float32(ys, gs, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _backward_par_float32(ys, gs, grad, shape):
@@ -91,7 +92,8 @@ def _backward_par_float32(ys, gs, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 
 @njit(cache=True, error_model="numpy")
@@ -122,7 +124,8 @@ def _forward_backward_ser_float32(xs, gs, out, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float32(xs, gs, out, grad, shape):
@@ -152,7 +155,8 @@ def _forward_backward_par_float32(xs, gs, out, grad, shape):
         a = np.float32(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 
 # ---------------------------------------------------------------- float64
@@ -214,7 +218,8 @@ def _backward_ser_float64(ys, gs, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _backward_par_float64(ys, gs, grad, shape):
@@ -229,7 +234,8 @@ def _backward_par_float64(ys, gs, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 
 @njit(cache=True, error_model="numpy")
@@ -260,7 +266,8 @@ def _forward_backward_ser_float64(xs, gs, out, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float64(xs, gs, out, grad, shape):
@@ -290,7 +297,8 @@ def _forward_backward_par_float64(xs, gs, out, grad, shape):
         a = np.float64(acc)
         for j in range(n):
             y = ys[o, j, c]
-            grad[o, j, c] = gs[o, j, c] * (y) + (y) * a
+            g = gs[o, j, c]
+            grad[o, j, c] = y*(a + g)
 
 
 def _pick(name, dtype, size):

@@ -82,8 +82,9 @@ def _forward_backward_ser_float32(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = math.tanh(x)
-        gx = -g*(y*y + np.float32(-1.0))
+        _c0 = math.tanh(x)
+        y = _c0
+        gx = -g*(_c0*_c0 + np.float32(-1.0))
         out_y[i] = y
         out_g[i] = gx
 
@@ -93,8 +94,9 @@ def _forward_backward_par_float32(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = math.tanh(x)
-        gx = -g*(y*y + np.float32(-1.0))
+        _c0 = math.tanh(x)
+        y = _c0
+        gx = -g*(_c0*_c0 + np.float32(-1.0))
         out_y[i] = y
         out_g[i] = gx
 
@@ -162,8 +164,9 @@ def _forward_backward_ser_float64(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = math.tanh(x)
-        gx = -g*(y*y - 1.0)
+        _c0 = math.tanh(x)
+        y = _c0
+        gx = -g*(_c0*_c0 - 1.0)
         out_y[i] = y
         out_g[i] = gx
 
@@ -173,8 +176,9 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        y = math.tanh(x)
-        gx = -g*(y*y - 1.0)
+        _c0 = math.tanh(x)
+        y = _c0
+        gx = -g*(_c0*_c0 - 1.0)
         out_y[i] = y
         out_g[i] = gx
 
