@@ -103,7 +103,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for s in specs:
         families.setdefault(s.family, []).append(s)
     for family, members in families.items():
-        print(f"{family}s:")
+        print(f"{'losses' if family == 'loss' else family + 's'}:")
         for s in members:
             params = ", ".join(f"{p.name}={p.default!r}" for p in s.params)
             extra = getattr(s, "tensor_params", ())

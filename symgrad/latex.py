@@ -18,11 +18,11 @@ def render_latex(spec: OpSpec, fmt: str = "latex") -> str:
             lines += [f"- ${p.claim}$: {p.method}" for p in d.proofs]
         return "\n".join(lines)
     lines.append(f"% {spec.name}: {spec.summary}")
+    for p in d.proofs:  # before the steps, so the output ends with the form the kernel uses
+        lines.append(f"% proven ({p.method}): {p.claim}")
     lines.append(r"\begin{align*}")
     for n, step in enumerate(d.steps, 1):
         end = r" \\" if n < len(d.steps) else ""
         lines.append(rf"  &\text{{{n}. {step.title}:}} && {step.latex}{end}")
     lines.append(r"\end{align*}")
-    for p in d.proofs:
-        lines.append(f"% proven ({p.method}): {p.claim}")
     return "\n".join(lines)
