@@ -1,4 +1,4 @@
-"""symgrad: neural-network math written once in SymPy, derived symbolically, emitted as Numba kernels.
+"""symgrad: neural-network math written once in SymPy, derived, emitted as Numba kernels.
 
 The catalog lives in ``symgrad.ops`` (one spec per op), derivations in ``symgrad.derive``, the
 Numba printer in ``symgrad.printer`` and the templates in ``templates/``. The generated kernels are

@@ -58,8 +58,14 @@ def _progress(total: int):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from symgrad.render import DEFAULT_OUT, DEFAULT_PACKAGE, diff_package, read_package
-    from symgrad.render import render_package, write_package
+    from symgrad.render import (
+        DEFAULT_OUT,
+        DEFAULT_PACKAGE,
+        diff_package,
+        read_package,
+        render_package,
+        write_package,
+    )
 
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
     package = args.package or DEFAULT_PACKAGE

@@ -3,10 +3,11 @@
 * ``explicit``: the textbook definition in elementary functions. LaTeX derivations and the mpmath
   references use it, so a kernel is always checked against the plain formula.
 * ``stable``: a piecewise form that never overflows for finite arguments. The printer emits it as a
-  helper in the generated package; it is proven equal to ``explicit`` (see tests/test_functions.py).
+  helper in the generated package; it is proven equal to ``explicit`` (tests/test_derive.py).
 * ``derivative``: the derivative written with library functions, so that the derivative of a
-  stable forward is stable too (sigmoid' = sigmoid·(1 - sigmoid) instead of e^-x/(1+e^-x)^2, which is
-  inf/inf at x = -1000). It is *checked* against SymPy's derivative of ``explicit`` at generation.
+  stable forward is stable too (sigmoid' = sigmoid·(1 - sigmoid) instead of e^-x/(1+e^-x)^2,
+  which is inf/inf at x = -1000). Generation checks it against SymPy's derivative of
+  ``explicit``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ _z = sp.Dummy("z", real=True)
 
 
 class LibraryFunction(sp.Function):
-    """A one-argument function with an explicit definition, a stable form and a checked derivative."""
+    """One argument; an explicit definition, a stable form and a checked derivative."""
 
     nargs = 1
     latex_name: str = ""
@@ -123,7 +124,8 @@ LIBRARY_BY_NAME: dict[str, type[LibraryFunction]] = {f.__name__: f for f in LIBR
 
 # Every function a formula may contain; the printer has a rule for each of them.
 ALLOWED_FUNCTIONS: frozenset = frozenset(
-    {*LIBRARY, sp.Piecewise, sp.exp, sp.log, sp.tanh, sp.erf, sp.Abs, sp.sign, sp.Max, sp.Min, log1p, expm1}
+    {*LIBRARY, sp.Piecewise, sp.exp, sp.log, sp.tanh, sp.erf, sp.Abs, sp.sign, sp.Max, sp.Min,
+     log1p, expm1}
 )
 
 
@@ -135,7 +137,7 @@ def explicit_form(expr: sp.Expr) -> sp.Expr:
 
 
 def elementary_form(expr: sp.Expr) -> sp.Expr:
-    """Like ``explicit_form`` but also turns log1p/expm1 back into log/exp, for mpmath references."""
+    """``explicit_form``, with log1p/expm1 turned back into log/exp (for mpmath references)."""
     expr = explicit_form(expr)
     return expr.replace(log1p, lambda a: sp.log(1 + a)).replace(expm1, lambda a: sp.exp(a) - 1)
 

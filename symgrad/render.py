@@ -20,6 +20,7 @@ import jinja2
 import sympy as sp
 
 from symgrad import __version__
+from symgrad.derive import A as A_SYM
 from symgrad.derive import (
     ClassIndexLossDerivation,
     ElementwiseDerivation,
@@ -27,7 +28,6 @@ from symgrad.derive import (
     RowwiseDerivation,
     derive,
 )
-from symgrad.derive import A as A_SYM
 from symgrad.derive import E as E_SYM
 from symgrad.derive import G as G_SYM
 from symgrad.derive import S as S_SYM
@@ -98,8 +98,9 @@ def _needs_nan_guard(*exprs: sp.Expr | None) -> bool:
 
 def _elementwise_context(d: ElementwiseDerivation) -> dict:
     guard = _needs_nan_guard(d.forward, d.grad_x)
-    body: dict[str, dict[str, str] | None] = {"forward": {}, "backward_x": {}, "forward_backward": {},
-                                               "backward_y": {} if d.grad_y is not None else None}
+    body: dict[str, dict[str, str] | None] = {
+        "forward": {}, "backward_x": {}, "forward_backward": {},
+        "backward_y": {} if d.grad_y is not None else None}
     ops: dict[str, int] = {}
     for dt in DTYPES:
         fwd, ops["forward"] = _block({"y": d.forward}, dt)
@@ -291,7 +292,8 @@ def diff_package(files: dict[str, str], target: Path) -> str:
         if a != b:
             chunks.extend(difflib.unified_diff(
                 a.splitlines(keepends=True), b.splitlines(keepends=True),
-                fromfile=f"{target.name}/{rel} (on disk)", tofile=f"{target.name}/{rel} (generated)"))
+                fromfile=f"{target.name}/{rel} (on disk)",
+                tofile=f"{target.name}/{rel} (generated)"))
     return "".join(chunks)
 
 

@@ -1,10 +1,9 @@
-"""Bad input gets a clear TypeError/ValueError naming the problem, never a crash or a wrong answer."""
+"""Bad input gets a TypeError/ValueError naming the problem, never a crash or a wrong answer."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import symgrad_kernels as K
 
 

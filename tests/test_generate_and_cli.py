@@ -58,8 +58,8 @@ def test_generated_modules_need_only_numpy_and_numba():
 
 def test_generated_float32_code_has_typed_constants():
     text = (PACKAGE_DIR / "elu.py").read_text()
-    section = text.split("# ---------------------------------------------------------------- float32")[1]
-    section = section.split("# ---------------------------------------------------------------- float64")[0]
+    rule = "# " + "-" * 64
+    section = text.split(f"{rule} float32")[1].split(f"{rule} float64")[0]
     assert "np.float32(0.0)" in section and " 0.0)" not in section
 
 
@@ -114,3 +114,9 @@ def test_module_entry_point():
     assert result.returncode == 0
     for command in ("generate", "list", "show", "latex"):
         assert command in result.stdout
+
+
+def test_sources_are_ruff_clean():
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "symgrad", "tests", "scripts"],
+                            capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr

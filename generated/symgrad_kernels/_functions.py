@@ -2,7 +2,7 @@
 # DO NOT EDIT: change the spec or the template, then run `python -m symgrad generate`.
 """Scalar helpers for symgrad's library functions, printed from their stable forms.
 
-Each is proven equal to its textbook definition in symgrad's tests (tests/test_functions.py).
+Each is proven equal to its textbook definition in symgrad's tests (tests/test_derive.py).
 """
 
 import math

@@ -66,6 +66,8 @@ _F32_SQRTH_BITS = 0x3F3504F3
 _D_SQRTH_BITS = 0x3FE6A09E667F3BCD
 
 _F32_MIN_NORMAL = _F(1.1754943508222875e-38)
+_F32_INF = _F(np.inf)
+_F32_NAN = _F(np.nan)
 _D_MIN_NORMAL = 2.2250738585072014e-308
 
 
@@ -286,8 +288,8 @@ def log_f32(x):
     """Natural log in float32; log(0) = -inf, log(x<0) = nan, subnormals exact-ish."""
     kf, m = _log_split_f32(x)
     res = _log_poly_f32(m - _F(1.0), kf, _F(0.0))
-    res = res if x > _F(0.0) else (-np.inf if x == _F(0.0) else np.nan)
-    return x if x == np.inf else res
+    res = res if x > _F(0.0) else (-_F32_INF if x == _F(0.0) else _F32_NAN)
+    return x if x == _F32_INF else res
 
 
 @_jit
@@ -310,9 +312,9 @@ def log1p_f32(x):
     f = x if k0 else m - _F(1.0)
     c = _F(0.0) if k0 else (x - (u - _F(1.0))) / u
     res = _log_poly_f32(f, kf, c)
-    res = res if u > _F(0.0) else (-np.inf if u == _F(0.0) else np.nan)
+    res = res if u > _F(0.0) else (-_F32_INF if u == _F(0.0) else _F32_NAN)
     res = x if x == _F(0.0) else res
-    return x if x == np.inf else res
+    return x if x == _F32_INF else res
 
 
 @_jit
