@@ -150,3 +150,25 @@ def test_shapes_and_layouts():
     big = np.random.default_rng(1).normal(size=100_000)  # the parallel loop
     np.testing.assert_array_equal(K.tanh_forward(big), np.concatenate(
         [K.tanh_forward(part) for part in np.split(big, 10)]))
+
+
+@pytest.mark.parametrize("spec", ELEMENTWISE)
+def test_float32_kernels_do_no_float64_arithmetic(spec):
+    """Typed constants keep float32 loops in float32 (no silent promotion to double)."""
+    import importlib
+    import re
+
+    import numba
+
+    module = importlib.import_module(f"symgrad_kernels.{spec.name}")
+    x = np.linspace(-3, 3, 16, dtype=np.float32)
+    params = [np.float32(p.default) for p in spec.numeric_params]
+    for name, args in (("_forward_ser_float32", (x, np.empty_like(x))),
+                       ("_backward_x_ser_float32", (x, x, np.empty_like(x))),
+                       ("_forward_backward_ser_float32",
+                        (x, x, np.empty_like(x), np.empty_like(x)))):
+        # Recompiled without the on-disk cache: Numba cannot inspect cached code.
+        fresh = numba.njit(error_model="numpy")(getattr(module, name).py_func)
+        fresh(*args, *params, x.size)
+        ir = fresh.inspect_llvm(fresh.signatures[0])
+        assert not re.search(r"fpext float .* to double|f(add|sub|mul|div) double", ir), name
