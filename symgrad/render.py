@@ -40,7 +40,9 @@ TEMPLATE_ROOT = REPO_ROOT / "templates"
 DEFAULT_OUT = REPO_ROOT / "generated"
 DEFAULT_PACKAGE = "symgrad_kernels"
 
-# Measured with scripts/bench.py: below this many elements the serial loop wins.
+# Below this many elements the serial loop runs, sparing thread start-up. Provisional: a
+# measurement on 2 cores showed parallel already winning at 1e3 elements for tanh but not for
+# cheap ops; tuning it per op belongs to the CPU-speed work (scripts/bench.py).
 PARALLEL_MIN_SIZE = 32768
 
 
