@@ -4,8 +4,8 @@ one derivation. Run after `python -m symgrad generate` (the README's first comma
 from __future__ import annotations
 
 import numpy as np
-
 import symgrad_kernels as K
+
 from symgrad.latex import render_latex
 from symgrad.render import all_specs
 

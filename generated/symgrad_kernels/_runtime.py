@@ -13,7 +13,7 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Arrays at least this long use the parallel loop; shorter ones the serial loop, where thread
-# start-up would cost more than the work (see BENCHMARKS.md for the measurement).
+# start-up would cost more than the work (provisional; see symgrad/render.py).
 PARALLEL_MIN_SIZE = 32768
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
