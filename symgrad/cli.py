@@ -58,13 +58,13 @@ def _progress(total: int):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from symgrad.output import diff_package, read_package, write_package
     from symgrad.render import (
         DEFAULT_OUT,
         DEFAULT_PACKAGE,
-        diff_package,
-        read_package,
+        environment,
+        render_index,
         render_package,
-        write_package,
     )
 
     out_dir = Path(args.out) if args.out else DEFAULT_OUT
@@ -81,11 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         rendered_ops = {f"{s.name}.py" for s in only}
         kept = {k: v for k, v in existing.items() if k not in rendered_ops and k not in files}
         files = {**kept, **files}
-        from symgrad.render import environment
-
-        files["__init__.py"] = environment().get_template("__init__.py.j2").render(
-            template="__init__.py.j2", package=package, ops=all_ops, version=__version__,
-            spec=None, dtypes=())
+        files["__init__.py"] = render_index(environment(), package, all_ops)
     if args.check:
         diff = diff_package(files, target)
         if diff:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from symgrad.cli import main
-from symgrad.render import DEFAULT_OUT, DEFAULT_PACKAGE, all_specs, diff_package, render_package
+from symgrad.output import diff_package
+from symgrad.render import DEFAULT_OUT, DEFAULT_PACKAGE, all_specs, render_package
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = DEFAULT_OUT / DEFAULT_PACKAGE
@@ -64,7 +65,7 @@ def test_generated_float32_code_has_typed_constants():
 
 
 def test_failed_generation_leaves_previous_package(tmp_path, monkeypatch):
-    import symgrad.render as render
+    import symgrad.output as output
 
     assert main(["generate", "--out", str(tmp_path)]) == 0
     before = {p.name: p.read_text() for p in (tmp_path / DEFAULT_PACKAGE).glob("*.py")}
@@ -72,7 +73,7 @@ def test_failed_generation_leaves_previous_package(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom while writing")
 
-    monkeypatch.setattr(render.Path, "write_text", broken)
+    monkeypatch.setattr(output.Path, "write_text", broken)
     assert main(["generate", "--out", str(tmp_path)]) == 1
     after = {p.name: p.read_text() for p in (tmp_path / DEFAULT_PACKAGE).glob("*.py")}
     assert after == before
