@@ -33,6 +33,7 @@ XT = sp.Symbol("x_t", real=True)  # the logit of the target class, for class-ind
 ParamValue = float | int | bool | str | None
 
 REDUCTIONS = ("none", "mean", "sum")
+FAMILIES = ("activation", "loss", "optimizer", "dropout")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Names the templates use for arrays, loop variables and kernel locals.
 RESERVED_NAMES = frozenset({
@@ -147,7 +148,7 @@ class OpSpec:
     """Fields every op has. Subclasses add the formula in the shape their ``kind`` needs."""
 
     name: str
-    family: str  # "activation" | "loss"
+    family: str  # one of FAMILIES
     summary: str
     params: tuple[Param, ...] = ()
     torch: TorchRef | None = None
@@ -162,9 +163,9 @@ class OpSpec:
                         "use lower_snake_case letters, digits and underscores")
         if keyword.iskeyword(self.name):
             raise _fail(self.name, "name", "is a Python keyword", "pick another name")
-        if self.family not in ("activation", "loss"):
+        if self.family not in FAMILIES:
             raise _fail(self.name, "family", f"unknown family {self.family!r}",
-                        "use 'activation' or 'loss'")
+                        f"use one of {FAMILIES}")
         if not self.summary:
             raise _fail(self.name, "summary", "is empty", "describe the op in one line")
         seen: set[str] = set()
