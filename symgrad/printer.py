@@ -15,6 +15,8 @@ from sympy.printing.pycode import PythonCodePrinter
 from symgrad.functions import LibraryFunction
 
 DTYPES = ("float32", "float64")
+# The vectorizable elementary functions every generated package carries (see _functions.py.j2).
+VECTOR_FUNCTIONS = ("exp", "expm1", "log", "log1p", "tanh", "erf")
 
 
 class PrinterError(ValueError):
@@ -30,9 +32,11 @@ def helper_name(fn: type[LibraryFunction] | str, dtype: str) -> str:
 class NumbaPrinter(PythonCodePrinter):
     """Prints scalar expressions for ``@njit`` code of one dtype."""
 
-    # Functions Numba compiles natively for float32 and float64.
-    _math = {sp.exp: "math.exp", sp.log: "math.log", sp.tanh: "math.tanh", sp.erf: "math.erf",
-             log1p: "math.log1p", expm1: "math.expm1"}
+    # Elementary functions print as the generated package's vectorizable versions
+    # (templates/cpu/vecmath.py, re-exported by _functions.py): Numba's math.exp & co. are
+    # scalar libm calls that stop LLVM from vectorizing the loop.
+    _math = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf", log1p: "log1p",
+             expm1: "expm1"}
 
     def __init__(self, dtype: str, *, helper_module: str = "_fn") -> None:
         if dtype not in DTYPES:
@@ -40,6 +44,8 @@ class NumbaPrinter(PythonCodePrinter):
         super().__init__({"strict": True, "fully_qualified_modules": False})
         self.dtype = dtype
         self.helper_module = helper_module
+        # "" prints bare names, for code that lives in the helper module itself.
+        self._prefix = f"{helper_module}." if helper_module else ""
 
     # -- literals: always typed ---------------------------------------------------------------
     def _literal(self, value: float) -> str:
@@ -107,12 +113,12 @@ class NumbaPrinter(PythonCodePrinter):
     def _print_Function(self, expr: sp.Function) -> str:
         if isinstance(expr, LibraryFunction):
             # Stable helper generated from the function's stable form (see render).
-            return f"{self.helper_module}.{helper_name(type(expr), self.dtype)}" \
+            return f"{self._prefix}{helper_name(type(expr), self.dtype)}" \
                    f"({self._print(expr.args[0])})"
         name = self._math.get(expr.func)
         if name is None:
             raise PrinterError(f"no Numba rule for function {expr.func}")
-        return f"{name}({self._print(expr.args[0])})"
+        return f"{self._prefix}{helper_name(name, self.dtype)}({self._print(expr.args[0])})"
 
     _print_exp = _print_log = _print_tanh = _print_erf = _print_Function
     _print_log1p = _print_expm1 = _print_Function

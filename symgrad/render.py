@@ -19,7 +19,7 @@ from symgrad import __version__
 from symgrad.derive import derive
 from symgrad.functions import LIBRARY
 from symgrad.kinds import kind_of
-from symgrad.printer import DTYPES, helper_name, print_expr
+from symgrad.printer import DTYPES, VECTOR_FUNCTIONS, helper_name, print_expr
 from symgrad.spec import REGISTRY, OpSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,13 +74,21 @@ def render_functions(env: jinja2.Environment) -> str:
         stable = fn.stable(z)
         functions.append({
             "helper": {dt: helper_name(fn, dt) for dt in DTYPES},
-            "body": {dt: print_expr(stable, dt) for dt in DTYPES},
+            "body": {dt: print_expr(stable, dt, helper_module="") for dt in DTYPES},
             "doc": (inspect.getdoc(fn) or fn.__name__).splitlines()[0],
             "stable_text": sp.sstr(stable),
         })
+    vector = [helper_name(name, dt) for name in VECTOR_FUNCTIONS for dt in DTYPES]
     return env.get_template("_functions.py.j2").render(
-        functions=functions, dtypes=DTYPES, version=__version__, template="_functions.py.j2",
-        spec=None)
+        functions=functions, vector=vector, dtypes=DTYPES, version=__version__,
+        template="_functions.py.j2", spec=None)
+
+
+def render_vecmath(env: jinja2.Environment, backend: Backend = CPU) -> str:
+    """The vectorizable math module, copied verbatim under the generated-file header."""
+    header = env.get_template("_header.j2").render(
+        version=__version__, template="vecmath.py", spec=None)
+    return header + (backend.template_dir / "vecmath.py").read_text(encoding="utf-8")
 
 
 def render_package(specs: Iterable[OpSpec], package: str = DEFAULT_PACKAGE,
@@ -93,6 +101,7 @@ def render_package(specs: Iterable[OpSpec], package: str = DEFAULT_PACKAGE,
     files["_runtime.py"] = env.get_template("_runtime.py.j2").render(
         template="_runtime.py.j2", parallel_min_size=PARALLEL_MIN_SIZE, **common)
     files["_functions.py"] = render_functions(env)
+    files["_vecmath.py"] = render_vecmath(env)
     for spec in specs:
         if progress:
             progress(spec.name, "derive + render")
