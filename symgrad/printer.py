@@ -133,11 +133,12 @@ class NumbaPrinter(PythonCodePrinter):
                 f"else {a}*{self._literal(0.0)}))")
 
     def _minmax(self, expr, op: str) -> str:
-        args = [self._print(a) for a in expr.args]
-        out = args[0]
-        for a in args[1:]:
-            # Branch, not min()/max(): nan propagates from the first argument as in torch.
-            out = f"({out} if not ({a} {op} {out}) else {a})"
+        # As torch.maximum/minimum: a nan in *either* argument comes out (SymPy orders Max's
+        # arguments as it likes, so following only the first one is not enough).
+        out = self._print(expr.args[0])
+        for arg in expr.args[1:]:
+            a = self._print(arg)
+            out = f"({out} if {out} {op} {a} else ({a} if {a} {op}= {out} else {out} + {a}))"
         return out
 
     def _print_Max(self, expr: sp.Max) -> str:

@@ -75,27 +75,50 @@ def test_against_finite_differences(spec):
     np.testing.assert_allclose(gx[smooth], central[smooth], rtol=1e-6, atol=1e-8)
 
 
+# Where torch itself is inconsistent, named with the reason (never to hide a bug of ours).
+TORCH_GRADIENT_RTOL = {
+    # torch's float64 backward multiplies by float32(1/6) while its forward divides by 6
+    # (semantics.md §7.4); our derivative is the forward's, so they differ by 3e-8 relative.
+    ("hardsigmoid", np.float64): 1e-7,
+    ("hardswish", np.float64): 1e-7,
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("spec", ELEMENTWISE)
+@pytest.mark.parametrize("spec", [s for s in ELEMENTWISE if s.values[0].torch is not None])
 def test_against_torch(spec, dtype):
-    """Values and autograd gradients, edges and kinks included, with torch's tie conventions."""
-    params = param_values(spec)
-    for p in (params, {}):  # explicit parameters and the defaults
+    """Values and autograd gradients, edges and kinks included, with torch's tie conventions.
+
+    nan inputs are left out here (we propagate nan where torch.sign gives 0; the nan contract
+    is checked below), and so is ±float max, where torch's intermediates overflow (x*6/6).
+    """
+    defaults = {p.name: p.default for p in spec.numeric_params}
+    for p in (param_values(spec), {}):  # explicit parameters and the defaults
         x = np.concatenate([sample_points(dtype), edge_points(dtype)])
+        x = x[~np.isnan(x) & (np.abs(x) != np.finfo(dtype).max)]
         g = np.random.default_rng(1).uniform(0.5, 2, x.shape).astype(dtype)
         xt = torch.tensor(x, requires_grad=True)
-        yt = torch_fn(spec)(xt, **p)
+        yt = torch_fn(spec)(xt, **{**defaults, **p})  # torch.threshold has no defaults
         yt.backward(torch.tensor(g))
         y_ref, g_ref = yt.detach().numpy(), xt.grad.numpy()
         y = kernel(spec, "forward")(x, **p)
         assert_close(y, y_ref, dtype, f"{spec.name} forward")
-        finite = np.isfinite(x)  # the derivative at ±inf is a convention; nan in -> nan out
+        finite = np.isfinite(x)  # the derivative at ±inf is a convention
+        rtol = TORCH_GRADIENT_RTOL.get((spec.name, dtype))
         gx = kernel(spec, "backward")(g, x=x, **p)
-        assert_close(gx[finite], g_ref[finite], dtype, f"{spec.name} backward")
+        assert_close(gx[finite], g_ref[finite], dtype, f"{spec.name} backward", rtol=rtol)
         y2, g2 = kernel(spec, "forward_backward")(x, g, **p)
         np.testing.assert_array_equal(y2, y)
-        assert_close(g2[finite], g_ref[finite], dtype, f"{spec.name} fused backward")
-        assert np.isnan(y[np.isnan(x)]).all() and np.isnan(gx[np.isnan(x)]).all()
+        assert_close(g2[finite], g_ref[finite], dtype, f"{spec.name} fused backward", rtol=rtol)
+
+
+@pytest.mark.parametrize("spec", ELEMENTWISE)
+def test_nan_in_nan_out(spec):
+    for dtype in DTYPES:
+        x = np.array([np.nan, 1.0, np.nan], dtype=dtype)
+        y, gx = kernel(spec, "forward_backward")(x, np.ones_like(x))
+        assert np.isnan(y[[0, 2]]).all() and np.isnan(gx[[0, 2]]).all(), spec.name
+        assert np.isnan(kernel(spec, "backward")(np.ones_like(x), x=x)[[0, 2]]).all()
 
 
 @pytest.mark.parametrize("spec", ELEMENTWISE)
