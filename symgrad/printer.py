@@ -37,6 +37,8 @@ class NumbaPrinter(PythonCodePrinter):
     # scalar libm calls that stop LLVM from vectorizing the loop.
     _math = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf", log1p: "log1p",
              expm1: "expm1"}
+    # Rarer functions users may write: Numba's scalar libm (correct, just not vectorized).
+    _libm = {sp.cosh: "math.cosh", sp.sinh: "math.sinh"}
 
     def __init__(self, dtype: str, *, helper_module: str = "_fn") -> None:
         if dtype not in DTYPES:
@@ -100,11 +102,12 @@ class NumbaPrinter(PythonCodePrinter):
             # Small integer powers as products: exact, and no call to pow.
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
             prod = "*".join([b] * abs(int(exp)))
-            return prod if exp > 0 else f"{self._literal(1.0)}/({prod})"
+            # Parenthesized: a/c**2 must not print as a/c*c.
+            return f"({prod})" if exp > 0 else f"({self._literal(1.0)}/({prod}))"
         if exp == sp.S.Half:
             return f"math.sqrt({self._print(base)})"
         if exp == -sp.S.Half:
-            return f"{self._literal(1.0)}/math.sqrt({self._print(base)})"
+            return f"({self._literal(1.0)}/math.sqrt({self._print(base)}))"
         b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Pow"])
         e = self.parenthesize(exp, sp.printing.precedence.PRECEDENCE["Pow"])
         return f"{b}**{e}"
@@ -115,6 +118,8 @@ class NumbaPrinter(PythonCodePrinter):
             # Stable helper generated from the function's stable form (see render).
             return f"{self._prefix}{helper_name(type(expr), self.dtype)}" \
                    f"({self._print(expr.args[0])})"
+        if expr.func in self._libm:
+            return f"{self._libm[expr.func]}({self._print(expr.args[0])})"
         name = self._math.get(expr.func)
         if name is None:
             raise PrinterError(f"no Numba rule for function {expr.func}")
@@ -175,6 +180,15 @@ class NumbaPrinter(PythonCodePrinter):
 
     def emptyPrinter(self, expr):  # noqa: N802 - SymPy's name
         raise PrinterError(f"no Numba rule for {type(expr).__name__}: {expr}")
+
+
+# PythonCodePrinter prints these itself without the strict check: route them through the
+# rules above, so anything without a rule raises PrinterError instead of printing a bare name.
+for _name in ("sin", "cos", "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh",
+              "atanh", "atan2", "floor", "ceiling", "gamma", "loggamma", "erfc", "log10", "log2",
+              "hypot", "factorial", "frac", "fresnelc", "fresnels", "lowergamma", "uppergamma",
+              "ln", "Sqrt", "isinf", "isnan"):
+    setattr(NumbaPrinter, f"_print_{_name}", NumbaPrinter._print_Function)
 
 
 def count_ops(exprs: list[sp.Expr]) -> int:

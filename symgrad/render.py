@@ -106,7 +106,7 @@ def render_package(specs: Iterable[OpSpec], package: str = DEFAULT_PACKAGE,
         if progress:
             progress(spec.name, "derive + render")
         files[f"{spec.name}.py"] = render_op(spec, env)
-    files["__init__.py"] = render_index(env, package)
+    files["__init__.py"] = render_index(env, package, specs)
     return files
 
 
