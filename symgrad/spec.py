@@ -271,15 +271,28 @@ class ElementwiseLoss(OpSpec):
 
 @dataclass(frozen=True)
 class ClassIndexLoss(OpSpec):
-    """Per sample: ℓ = w_t · loss(x_t, L) over the class dim (1, or 0 for 1-D input), with
-    L = log Σ_c exp(x_c), integer targets, optional class ``weight`` and ``ignore_index``;
-    'mean' divides by the summed weight of the non-ignored targets, as torch's nll_loss does.
+    """Per row over the class dim (1, or 0 for 1-D input): ℓ = Σ_c w_c t'_c · loss(x_c, L), with
+    L = log Σ_c exp(x_c), class ``weight`` w and t' the one-hot of an integer target, optionally
+    smoothed, t' = (1 - ε)·t + ε/C, by the parameter named ``smoothing_param``. With
+    ``probability_targets`` a float target of the input's shape is t itself (chosen by shape, as
+    torch's cross_entropy does). ``loss`` is written in XT (the logit of class c) and LSE.
+    'mean' divides by the summed weight of the non-ignored targets (torch's nll_loss rule), or by
+    the number of rows for probability targets.
     """
 
     loss: sp.Expr = sp.S.Zero
+    smoothing_param: str | None = None
+    probability_targets: bool = False
 
     kind: ClassVar[str] = "class_index_loss"
     formula_symbols: ClassVar[frozenset[sp.Symbol]] = frozenset({XT, LSE})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.smoothing_param is not None and self.smoothing_param not in {
+                p.name for p in self.numeric_params}:
+            raise _fail(self.name, "smoothing_param", f"{self.smoothing_param!r} is not a "
+                        "numeric parameter", "declare it, e.g. Param('label_smoothing', 0.0)")
 
     def formulas(self) -> dict[str, sp.Expr]:
         return {"loss": self.loss}

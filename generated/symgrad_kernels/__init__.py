@@ -15,9 +15,77 @@ from .elu import elu_backward, elu_forward, elu_forward_backward
 from .softplus import softplus_backward, softplus_forward, softplus_forward_backward
 from .softmax import softmax_backward, softmax_forward, softmax_forward_backward
 from .log_softmax import log_softmax_backward, log_softmax_forward, log_softmax_forward_backward
+from .softmin import softmin_backward, softmin_forward, softmin_forward_backward
+from .relu6 import relu6_backward, relu6_forward, relu6_forward_backward
+from .hardtanh import hardtanh_backward, hardtanh_forward, hardtanh_forward_backward
+from .hardsigmoid import hardsigmoid_backward, hardsigmoid_forward, hardsigmoid_forward_backward
+from .hardswish import hardswish_backward, hardswish_forward, hardswish_forward_backward
+from .softshrink import softshrink_backward, softshrink_forward, softshrink_forward_backward
+from .hardshrink import hardshrink_backward, hardshrink_forward, hardshrink_forward_backward
+from .threshold import threshold_backward, threshold_forward, threshold_forward_backward
+from .sign import sign_backward, sign_forward, sign_forward_backward
+from .heaviside import heaviside_backward, heaviside_forward, heaviside_forward_backward
+from .selu import selu_backward, selu_forward, selu_forward_backward
+from .celu import celu_backward, celu_forward, celu_forward_backward
+from .gelu import gelu_backward, gelu_forward, gelu_forward_backward
+from .silu import silu_backward, silu_forward, silu_forward_backward
+from .mish import mish_backward, mish_forward, mish_forward_backward
+from .softsign import softsign_backward, softsign_forward, softsign_forward_backward
+from .logsigmoid import logsigmoid_backward, logsigmoid_forward, logsigmoid_forward_backward
+from .tanhshrink import tanhshrink_backward, tanhshrink_forward, tanhshrink_forward_backward
+from .prelu import prelu_backward, prelu_forward, prelu_forward_backward
+from .swish import swish_backward, swish_forward, swish_forward_backward
+from .srelu import srelu_backward, srelu_forward, srelu_forward_backward
+from .rrelu import rrelu_backward, rrelu_forward, rrelu_forward_backward
+from .glu import glu_backward, glu_forward, glu_forward_backward
+from .crelu import crelu_backward, crelu_forward, crelu_forward_backward
+from .maxout import maxout_backward, maxout_forward, maxout_forward_backward
+from .dropout import dropout_backward, dropout_forward, dropout_forward_backward
+from .dropout1d import dropout1d_backward, dropout1d_forward, dropout1d_forward_backward
+from .dropout2d import dropout2d_backward, dropout2d_forward, dropout2d_forward_backward
+from .dropout3d import dropout3d_backward, dropout3d_forward, dropout3d_forward_backward
+from .alpha_dropout import alpha_dropout_backward, alpha_dropout_forward, alpha_dropout_forward_backward
+from .feature_alpha_dropout import feature_alpha_dropout_backward, feature_alpha_dropout_forward, feature_alpha_dropout_forward_backward
 from .mse_loss import mse_loss_backward, mse_loss_forward, mse_loss_forward_backward
+from .l1_loss import l1_loss_backward, l1_loss_forward, l1_loss_forward_backward
+from .smooth_l1_loss import smooth_l1_loss_backward, smooth_l1_loss_forward, smooth_l1_loss_forward_backward
+from .huber_loss import huber_loss_backward, huber_loss_forward, huber_loss_forward_backward
+from .gaussian_nll_loss import gaussian_nll_loss_backward, gaussian_nll_loss_forward, gaussian_nll_loss_forward_backward
+from .poisson_nll_loss import poisson_nll_loss_backward, poisson_nll_loss_forward, poisson_nll_loss_forward_backward
+from .binary_cross_entropy import binary_cross_entropy_backward, binary_cross_entropy_forward, binary_cross_entropy_forward_backward
 from .binary_cross_entropy_with_logits import binary_cross_entropy_with_logits_backward, binary_cross_entropy_with_logits_forward, binary_cross_entropy_with_logits_forward_backward
+from .soft_margin_loss import soft_margin_loss_backward, soft_margin_loss_forward, soft_margin_loss_forward_backward
+from .hinge_embedding_loss import hinge_embedding_loss_backward, hinge_embedding_loss_forward, hinge_embedding_loss_forward_backward
+from .kl_div import kl_div_backward, kl_div_forward, kl_div_forward_backward
+from .margin_ranking_loss import margin_ranking_loss_backward, margin_ranking_loss_forward, margin_ranking_loss_forward_backward
+from .sigmoid_focal_loss import sigmoid_focal_loss_backward, sigmoid_focal_loss_forward, sigmoid_focal_loss_forward_backward
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward, cross_entropy_forward_backward
+from .nll_loss import nll_loss_backward, nll_loss_forward, nll_loss_forward_backward
+from .multi_margin_loss import multi_margin_loss_backward, multi_margin_loss_forward, multi_margin_loss_forward_backward
+from .multilabel_soft_margin_loss import multilabel_soft_margin_loss_backward, multilabel_soft_margin_loss_forward, multilabel_soft_margin_loss_forward_backward
+from .cosine_embedding_loss import cosine_embedding_loss_backward, cosine_embedding_loss_forward, cosine_embedding_loss_forward_backward
+from .triplet_margin_loss import triplet_margin_loss_backward, triplet_margin_loss_forward, triplet_margin_loss_forward_backward
+from .mean_absolute_percentage_error import mean_absolute_percentage_error_backward, mean_absolute_percentage_error_forward, mean_absolute_percentage_error_forward_backward
+from .mean_squared_logarithmic_error import mean_squared_logarithmic_error_backward, mean_squared_logarithmic_error_forward, mean_squared_logarithmic_error_forward_backward
+from .hinge import hinge_backward, hinge_forward, hinge_forward_backward
+from .squared_hinge import squared_hinge_backward, squared_hinge_forward, squared_hinge_forward_backward
+from .categorical_hinge import categorical_hinge_backward, categorical_hinge_forward, categorical_hinge_forward_backward
+from .categorical_crossentropy import categorical_crossentropy_backward, categorical_crossentropy_forward, categorical_crossentropy_forward_backward
+from .sparse_categorical_crossentropy import sparse_categorical_crossentropy_backward, sparse_categorical_crossentropy_forward, sparse_categorical_crossentropy_forward_backward
+from .kl_divergence import kl_divergence_backward, kl_divergence_forward, kl_divergence_forward_backward
+from .cosine_similarity import cosine_similarity_backward, cosine_similarity_forward, cosine_similarity_forward_backward
+from .log_cosh import log_cosh_backward, log_cosh_forward, log_cosh_forward_backward
+from .poisson import poisson_backward, poisson_forward, poisson_forward_backward
+from .binary_focal_crossentropy import binary_focal_crossentropy_backward, binary_focal_crossentropy_forward, binary_focal_crossentropy_forward_backward
+from .sgd import SGD, sgd_step
+from .adagrad import Adagrad, adagrad_step
+from .rmsprop import RMSprop, rmsprop_step
+from .adadelta import Adadelta, adadelta_step
+from .adam import Adam, adam_step
+from .adamw import AdamW, adamw_step
+from .adamax import Adamax, adamax_step
+from .nadam import NAdam, nadam_step
+from .radam import RAdam, radam_step
 
 OPS = {
     "sigmoid": "activation",
@@ -28,9 +96,77 @@ OPS = {
     "softplus": "activation",
     "softmax": "activation",
     "log_softmax": "activation",
+    "softmin": "activation",
+    "relu6": "activation",
+    "hardtanh": "activation",
+    "hardsigmoid": "activation",
+    "hardswish": "activation",
+    "softshrink": "activation",
+    "hardshrink": "activation",
+    "threshold": "activation",
+    "sign": "activation",
+    "heaviside": "activation",
+    "selu": "activation",
+    "celu": "activation",
+    "gelu": "activation",
+    "silu": "activation",
+    "mish": "activation",
+    "softsign": "activation",
+    "logsigmoid": "activation",
+    "tanhshrink": "activation",
+    "prelu": "activation",
+    "swish": "activation",
+    "srelu": "activation",
+    "rrelu": "activation",
+    "glu": "activation",
+    "crelu": "activation",
+    "maxout": "activation",
+    "dropout": "dropout",
+    "dropout1d": "dropout",
+    "dropout2d": "dropout",
+    "dropout3d": "dropout",
+    "alpha_dropout": "dropout",
+    "feature_alpha_dropout": "dropout",
     "mse_loss": "loss",
+    "l1_loss": "loss",
+    "smooth_l1_loss": "loss",
+    "huber_loss": "loss",
+    "gaussian_nll_loss": "loss",
+    "poisson_nll_loss": "loss",
+    "binary_cross_entropy": "loss",
     "binary_cross_entropy_with_logits": "loss",
+    "soft_margin_loss": "loss",
+    "hinge_embedding_loss": "loss",
+    "kl_div": "loss",
+    "margin_ranking_loss": "loss",
+    "sigmoid_focal_loss": "loss",
     "cross_entropy": "loss",
+    "nll_loss": "loss",
+    "multi_margin_loss": "loss",
+    "multilabel_soft_margin_loss": "loss",
+    "cosine_embedding_loss": "loss",
+    "triplet_margin_loss": "loss",
+    "mean_absolute_percentage_error": "loss",
+    "mean_squared_logarithmic_error": "loss",
+    "hinge": "loss",
+    "squared_hinge": "loss",
+    "categorical_hinge": "loss",
+    "categorical_crossentropy": "loss",
+    "sparse_categorical_crossentropy": "loss",
+    "kl_divergence": "loss",
+    "cosine_similarity": "loss",
+    "log_cosh": "loss",
+    "poisson": "loss",
+    "binary_focal_crossentropy": "loss",
+    "sgd": "optimizer",
+    "adagrad": "optimizer",
+    "rmsprop": "optimizer",
+    "adadelta": "optimizer",
+    "adam": "optimizer",
+    "adamw": "optimizer",
+    "adamax": "optimizer",
+    "nadam": "optimizer",
+    "radam": "optimizer",
 }
 
 __all__ = [
@@ -59,13 +195,208 @@ __all__ = [
     "log_softmax_forward",
     "log_softmax_backward",
     "log_softmax_forward_backward",
+    "softmin_forward",
+    "softmin_backward",
+    "softmin_forward_backward",
+    "relu6_forward",
+    "relu6_backward",
+    "relu6_forward_backward",
+    "hardtanh_forward",
+    "hardtanh_backward",
+    "hardtanh_forward_backward",
+    "hardsigmoid_forward",
+    "hardsigmoid_backward",
+    "hardsigmoid_forward_backward",
+    "hardswish_forward",
+    "hardswish_backward",
+    "hardswish_forward_backward",
+    "softshrink_forward",
+    "softshrink_backward",
+    "softshrink_forward_backward",
+    "hardshrink_forward",
+    "hardshrink_backward",
+    "hardshrink_forward_backward",
+    "threshold_forward",
+    "threshold_backward",
+    "threshold_forward_backward",
+    "sign_forward",
+    "sign_backward",
+    "sign_forward_backward",
+    "heaviside_forward",
+    "heaviside_backward",
+    "heaviside_forward_backward",
+    "selu_forward",
+    "selu_backward",
+    "selu_forward_backward",
+    "celu_forward",
+    "celu_backward",
+    "celu_forward_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "gelu_forward_backward",
+    "silu_forward",
+    "silu_backward",
+    "silu_forward_backward",
+    "mish_forward",
+    "mish_backward",
+    "mish_forward_backward",
+    "softsign_forward",
+    "softsign_backward",
+    "softsign_forward_backward",
+    "logsigmoid_forward",
+    "logsigmoid_backward",
+    "logsigmoid_forward_backward",
+    "tanhshrink_forward",
+    "tanhshrink_backward",
+    "tanhshrink_forward_backward",
+    "prelu_forward",
+    "prelu_backward",
+    "prelu_forward_backward",
+    "swish_forward",
+    "swish_backward",
+    "swish_forward_backward",
+    "srelu_forward",
+    "srelu_backward",
+    "srelu_forward_backward",
+    "rrelu_forward",
+    "rrelu_backward",
+    "rrelu_forward_backward",
+    "glu_forward",
+    "glu_backward",
+    "glu_forward_backward",
+    "crelu_forward",
+    "crelu_backward",
+    "crelu_forward_backward",
+    "maxout_forward",
+    "maxout_backward",
+    "maxout_forward_backward",
+    "dropout_forward",
+    "dropout_backward",
+    "dropout_forward_backward",
+    "dropout1d_forward",
+    "dropout1d_backward",
+    "dropout1d_forward_backward",
+    "dropout2d_forward",
+    "dropout2d_backward",
+    "dropout2d_forward_backward",
+    "dropout3d_forward",
+    "dropout3d_backward",
+    "dropout3d_forward_backward",
+    "alpha_dropout_forward",
+    "alpha_dropout_backward",
+    "alpha_dropout_forward_backward",
+    "feature_alpha_dropout_forward",
+    "feature_alpha_dropout_backward",
+    "feature_alpha_dropout_forward_backward",
     "mse_loss_forward",
     "mse_loss_backward",
     "mse_loss_forward_backward",
+    "l1_loss_forward",
+    "l1_loss_backward",
+    "l1_loss_forward_backward",
+    "smooth_l1_loss_forward",
+    "smooth_l1_loss_backward",
+    "smooth_l1_loss_forward_backward",
+    "huber_loss_forward",
+    "huber_loss_backward",
+    "huber_loss_forward_backward",
+    "gaussian_nll_loss_forward",
+    "gaussian_nll_loss_backward",
+    "gaussian_nll_loss_forward_backward",
+    "poisson_nll_loss_forward",
+    "poisson_nll_loss_backward",
+    "poisson_nll_loss_forward_backward",
+    "binary_cross_entropy_forward",
+    "binary_cross_entropy_backward",
+    "binary_cross_entropy_forward_backward",
     "binary_cross_entropy_with_logits_forward",
     "binary_cross_entropy_with_logits_backward",
     "binary_cross_entropy_with_logits_forward_backward",
+    "soft_margin_loss_forward",
+    "soft_margin_loss_backward",
+    "soft_margin_loss_forward_backward",
+    "hinge_embedding_loss_forward",
+    "hinge_embedding_loss_backward",
+    "hinge_embedding_loss_forward_backward",
+    "kl_div_forward",
+    "kl_div_backward",
+    "kl_div_forward_backward",
+    "margin_ranking_loss_forward",
+    "margin_ranking_loss_backward",
+    "margin_ranking_loss_forward_backward",
+    "sigmoid_focal_loss_forward",
+    "sigmoid_focal_loss_backward",
+    "sigmoid_focal_loss_forward_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
     "cross_entropy_forward_backward",
+    "nll_loss_forward",
+    "nll_loss_backward",
+    "nll_loss_forward_backward",
+    "multi_margin_loss_forward",
+    "multi_margin_loss_backward",
+    "multi_margin_loss_forward_backward",
+    "multilabel_soft_margin_loss_forward",
+    "multilabel_soft_margin_loss_backward",
+    "multilabel_soft_margin_loss_forward_backward",
+    "cosine_embedding_loss_forward",
+    "cosine_embedding_loss_backward",
+    "cosine_embedding_loss_forward_backward",
+    "triplet_margin_loss_forward",
+    "triplet_margin_loss_backward",
+    "triplet_margin_loss_forward_backward",
+    "mean_absolute_percentage_error_forward",
+    "mean_absolute_percentage_error_backward",
+    "mean_absolute_percentage_error_forward_backward",
+    "mean_squared_logarithmic_error_forward",
+    "mean_squared_logarithmic_error_backward",
+    "mean_squared_logarithmic_error_forward_backward",
+    "hinge_forward",
+    "hinge_backward",
+    "hinge_forward_backward",
+    "squared_hinge_forward",
+    "squared_hinge_backward",
+    "squared_hinge_forward_backward",
+    "categorical_hinge_forward",
+    "categorical_hinge_backward",
+    "categorical_hinge_forward_backward",
+    "categorical_crossentropy_forward",
+    "categorical_crossentropy_backward",
+    "categorical_crossentropy_forward_backward",
+    "sparse_categorical_crossentropy_forward",
+    "sparse_categorical_crossentropy_backward",
+    "sparse_categorical_crossentropy_forward_backward",
+    "kl_divergence_forward",
+    "kl_divergence_backward",
+    "kl_divergence_forward_backward",
+    "cosine_similarity_forward",
+    "cosine_similarity_backward",
+    "cosine_similarity_forward_backward",
+    "log_cosh_forward",
+    "log_cosh_backward",
+    "log_cosh_forward_backward",
+    "poisson_forward",
+    "poisson_backward",
+    "poisson_forward_backward",
+    "binary_focal_crossentropy_forward",
+    "binary_focal_crossentropy_backward",
+    "binary_focal_crossentropy_forward_backward",
+    "sgd_step",
+    "SGD",
+    "adagrad_step",
+    "Adagrad",
+    "rmsprop_step",
+    "RMSprop",
+    "adadelta_step",
+    "Adadelta",
+    "adam_step",
+    "Adam",
+    "adamw_step",
+    "AdamW",
+    "adamax_step",
+    "Adamax",
+    "nadam_step",
+    "NAdam",
+    "radam_step",
+    "RAdam",
 ]

@@ -3,6 +3,7 @@
 """Scalar helpers for symgrad's library functions, printed from their stable forms.
 
 Each is proven equal to its textbook definition in symgrad's tests (tests/test_derive.py).
+The elementary functions kernels call (exp, log, ...) are the vectorizable ones of _vecmath.
 """
 
 import math
@@ -10,33 +11,54 @@ import math
 import numpy as np
 from numba import njit
 
+from . import _vecmath
 
-@njit(cache=True, error_model="numpy")
+exp_f32 = _vecmath.exp_f32
+exp_f64 = _vecmath.exp_f64
+expm1_f32 = _vecmath.expm1_f32
+expm1_f64 = _vecmath.expm1_f64
+log_f32 = _vecmath.log_f32
+log_f64 = _vecmath.log_f64
+log1p_f32 = _vecmath.log1p_f32
+log1p_f64 = _vecmath.log1p_f64
+tanh_f32 = _vecmath.tanh_f32
+tanh_f64 = _vecmath.tanh_f64
+erf_f32 = _vecmath.erf_f32
+erf_f64 = _vecmath.erf_f64
+
+
+# forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
+@njit(cache=True, error_model="numpy", forceinline=True)
 def sigmoid_f32(z):
     """The logistic function 1 / (1 + e^-z). (float32). Stable form: Piecewise((1/(1 + exp(-z)), z >= 0), (exp(z)/(exp(z) + 1), True))"""
-    return (np.float32(1.0)/((np.float32(1.0) + math.exp(-z))) if (z >= np.float32(0.0)) else math.exp(z)/(math.exp(z) + np.float32(1.0)))
+    return ((np.float32(1.0)/((np.float32(1.0) + exp_f32(-z)))) if (z >= np.float32(0.0)) else exp_f32(z)/(exp_f32(z) + np.float32(1.0)))
 
-@njit(cache=True, error_model="numpy")
+# forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
+@njit(cache=True, error_model="numpy", forceinline=True)
 def sigmoid_f64(z):
     """The logistic function 1 / (1 + e^-z). (float64). Stable form: Piecewise((1/(1 + exp(-z)), z >= 0), (exp(z)/(exp(z) + 1), True))"""
-    return (1.0/((1.0 + math.exp(-z))) if (z >= 0.0) else math.exp(z)/(math.exp(z) + 1.0))
+    return ((1.0/((1.0 + exp_f64(-z)))) if (z >= 0.0) else exp_f64(z)/(exp_f64(z) + 1.0))
 
-@njit(cache=True, error_model="numpy")
+# forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
+@njit(cache=True, error_model="numpy", forceinline=True)
 def softplus_f32(z):
     """log(1 + e^z), the smooth ReLU. (float32). Stable form: Piecewise((z + log1p(exp(-z)), z > 0), (log1p(exp(z)), True))"""
-    return (z + math.log1p(math.exp(-z)) if (z > np.float32(0.0)) else math.log1p(math.exp(z)))
+    return (z + log1p_f32(exp_f32(-z)) if (z > np.float32(0.0)) else log1p_f32(exp_f32(z)))
 
-@njit(cache=True, error_model="numpy")
+# forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
+@njit(cache=True, error_model="numpy", forceinline=True)
 def softplus_f64(z):
     """log(1 + e^z), the smooth ReLU. (float64). Stable form: Piecewise((z + log1p(exp(-z)), z > 0), (log1p(exp(z)), True))"""
-    return (z + math.log1p(math.exp(-z)) if (z > 0.0) else math.log1p(math.exp(z)))
+    return (z + log1p_f64(exp_f64(-z)) if (z > 0.0) else log1p_f64(exp_f64(z)))
 
-@njit(cache=True, error_model="numpy")
+# forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
+@njit(cache=True, error_model="numpy", forceinline=True)
 def logsigmoid_f32(z):
     """log σ(z) = -softplus(-z). (float32). Stable form: Piecewise((-log1p(exp(-z)), z > 0), (z - log1p(exp(z)), True))"""
-    return (-math.log1p(math.exp(-z)) if (z > np.float32(0.0)) else z - math.log1p(math.exp(z)))
+    return (-log1p_f32(exp_f32(-z)) if (z > np.float32(0.0)) else z - log1p_f32(exp_f32(z)))
 
-@njit(cache=True, error_model="numpy")
+# forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
+@njit(cache=True, error_model="numpy", forceinline=True)
 def logsigmoid_f64(z):
     """log σ(z) = -softplus(-z). (float64). Stable form: Piecewise((-log1p(exp(-z)), z > 0), (z - log1p(exp(z)), True))"""
-    return (-math.log1p(math.exp(-z)) if (z > 0.0) else z - math.log1p(math.exp(z)))
+    return (-log1p_f64(exp_f64(-z)) if (z > 0.0) else z - log1p_f64(exp_f64(z)))

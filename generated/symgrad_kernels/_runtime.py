@@ -20,21 +20,37 @@ REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 
 def float_array(value, name, fn):
-    """``value`` as a C-contiguous float32/float64 ndarray (a copy only if it is not one)."""
-    if isinstance(value, np.floating):  # a NumPy scalar is a 0-d array
+    """``value`` as an aligned, native-order, writeable, C-contiguous float32/float64 ndarray.
+
+    Copies only when it has to (a strided, reversed, unaligned, byte-swapped or read-only
+    view); 0-d arrays stay 0-d. Everything else is a TypeError naming the argument and its dtype: PyTorch's
+    functional ops do not take lists or integer tensors either.
+    """
+    if isinstance(value, np.generic):  # a NumPy scalar is a 0-d array
         value = np.asarray(value)
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{fn}: {name} is a masked array; pass {name}.filled(...) or .data")
     if not isinstance(value, np.ndarray):
         raise TypeError(
             f"{fn}: {name} must be a numpy.ndarray of float32 or float64, "
             f"got {type(value).__name__}"
         )
-    if value.dtype not in FLOAT_DTYPES:
+    if type(value) is not np.ndarray:  # np.matrix and friends reshape differently
+        value = np.asarray(value)
+    dtype = value.dtype
+    if dtype.kind == "f" and dtype.itemsize in (4, 8) and not dtype.isnative:
+        value = value.astype(dtype.newbyteorder("="))
+    elif dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{fn}: {name} has dtype {value.dtype}; only float32 and float64 are supported "
+            f"{fn}: {name} has dtype {dtype}; only float32 and float64 are supported "
             f"(convert with {name}.astype(np.float32))"
         )
+    if value.flags.c_contiguous and value.flags.aligned and value.flags.writeable:
+        return value
+    # A read-only array is copied too: Numba compiles read-only arrays separately, and the two
+    # compilations may vectorize differently (a different last bit). One layout, one answer.
     # Not np.ascontiguousarray: it turns 0-d arrays into 1-d ones.
-    return value if value.flags.c_contiguous else value.copy(order="C")
+    return value.copy(order="C")
 
 
 def same_dtype(array, name, reference, ref_name, fn):
@@ -57,37 +73,48 @@ def output(out, shape, dtype, fn, inputs=()):
     """A fresh output array, or the caller's ``out`` after checking it."""
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
+    if type(out) is not np.ndarray:
         raise TypeError(f"{fn}: out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape) or out.dtype != dtype:
         raise ValueError(
             f"{fn}: out has shape {out.shape} and dtype {out.dtype}; expected shape "
             f"{tuple(shape)} and dtype {np.dtype(dtype)}"
         )
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"{fn}: out must be a writeable C-contiguous array")
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable):
+        raise ValueError(f"{fn}: out must be a writeable, aligned, C-contiguous array")
     for array in inputs:
-        if array is not None and np.shares_memory(out, array):
+        # Both are C-contiguous here, so overlapping bounds mean shared memory.
+        if array is not None and out.size and array.size and np.may_share_memory(out, array):
             raise ValueError(f"{fn}: out overlaps an input; pass a separate array")
     return out
 
 
+def _real(value, name, fn):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{fn}: {name}={value} is too large for a float") from None
+
+
 def scalar(value, name, fn, dtype, minimum=None, maximum=None, strict=False):
     """A real scalar parameter, checked against its domain and cast to the kernel's dtype."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    v = _real(value, name, fn)
     if v != v:
         raise ValueError(f"{fn}: {name} is nan")
     if minimum is not None and (v <= minimum if strict else v < minimum):
         raise ValueError(f"{fn}: {name} must be {'>' if strict else '>='} {minimum}, got {value}")
     if maximum is not None and (v >= maximum if strict else v > maximum):
         raise ValueError(f"{fn}: {name} must be {'<' if strict else '<='} {maximum}, got {value}")
+    dtype = np.dtype(dtype)
+    if abs(v) != np.inf and abs(v) > np.finfo(dtype).max:
+        raise ValueError(f"{fn}: {name}={value} does not fit in {dtype}")
     return dtype.type(v)
 
 
 def choice(value, name, fn, choices):
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{fn}: {name} must be one of {tuple(choices)}, got {value!r}")
     return choices[value] if isinstance(choices, dict) else value
 
@@ -113,11 +140,14 @@ def operand(value, name, fn, reference, shape):
     """An optional tensor parameter broadcast to ``shape``: (flat array, stride 0 or 1)."""
     if value is None:
         return np.ones(1, dtype=reference.dtype), 0
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return np.full(1, value, dtype=reference.dtype), 0
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        v = _real(value, name, fn)
+        if abs(v) != np.inf and abs(v) > np.finfo(reference.dtype).max:
+            raise ValueError(f"{fn}: {name}={value} does not fit in {reference.dtype}")
+        return np.full(1, v, dtype=reference.dtype), 0
     value = float_array(value, name, fn)
     same_dtype(value, name, reference, "input", fn)
-    if value.size == 1:
+    if value.size == 1 and value.ndim <= len(shape):
         return value.reshape(1), 0
     try:
         full = np.broadcast_to(value, shape)
@@ -135,6 +165,8 @@ def grad_scalar_or_array(grad_output, fn, reference, shape):
 
 def class_targets(target, n_rows_shape, n_classes, ignore_index, fn):
     """Integer class indices of the expected shape, every one in range or ignored."""
+    if isinstance(target, np.integer):
+        target = np.asarray(target)
     if not isinstance(target, np.ndarray):
         raise TypeError(f"{fn}: target must be a numpy.ndarray of integers, "
                         f"got {type(target).__name__}")
@@ -143,10 +175,14 @@ def class_targets(target, n_rows_shape, n_classes, ignore_index, fn):
     if target.shape != tuple(n_rows_shape):
         raise ValueError(f"{fn}: target has shape {target.shape}; expected {tuple(n_rows_shape)} "
                          f"for this input")
-    target = np.ascontiguousarray(target, dtype=np.int64)
+    if not -2**63 <= ignore_index < 2**63:
+        raise ValueError(f"{fn}: ignore_index={ignore_index} does not fit in int64")
+    if n_classes == 0 and target.size:
+        raise ValueError(f"{fn}: input has 0 classes along the class dim; nothing to classify")
+    # Range-check in the target's own dtype: a uint64 index must not wrap onto ignore_index.
     bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
     if bad.any():
         value = int(target[bad].flat[0])
         raise ValueError(f"{fn}: target holds class index {value}, outside [0, {n_classes}) "
                          f"and not ignore_index={ignore_index}")
-    return target
+    return np.ascontiguousarray(target, dtype=np.int64)

@@ -26,7 +26,7 @@ def _forward_ser_float32(xs, out, alpha, n):
     for i in range(n):
         x = xs[i]
         # forward: 3 ops
-        y = (x if (x > np.float32(0.0)) else alpha*math.expm1(x))
+        y = (x if (x > np.float32(0.0)) else alpha*_fn.expm1_f32(x))
         y = x if x != x else y  # nan in, nan out
         out[i] = y
 
@@ -35,7 +35,7 @@ def _forward_par_float32(xs, out, alpha, n):
     for i in prange(n):
         x = xs[i]
         # forward: 3 ops
-        y = (x if (x > np.float32(0.0)) else alpha*math.expm1(x))
+        y = (x if (x > np.float32(0.0)) else alpha*_fn.expm1_f32(x))
         y = x if x != x else y  # nan in, nan out
         out[i] = y
 
@@ -46,7 +46,7 @@ def _backward_x_ser_float32(xs, gs, out, alpha, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 4 ops
-        gx = g*(np.float32(1.0) if (x > np.float32(0.0)) else alpha*math.exp(x))
+        gx = g*(np.float32(1.0) if (x > np.float32(0.0)) else alpha*_fn.exp_f32(x))
         gx = x if x != x else gx
         out[i] = gx
 
@@ -56,7 +56,7 @@ def _backward_x_par_float32(xs, gs, out, alpha, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 4 ops
-        gx = g*(np.float32(1.0) if (x > np.float32(0.0)) else alpha*math.exp(x))
+        gx = g*(np.float32(1.0) if (x > np.float32(0.0)) else alpha*_fn.exp_f32(x))
         gx = x if x != x else gx
         out[i] = gx
 
@@ -89,8 +89,8 @@ def _forward_backward_ser_float32(xs, gs, out_y, out_g, alpha, n):
         g = gs[i]
         # fused: 8 ops
         _c0 = (x > np.float32(0.0))
-        y = (x if _c0 else alpha*math.expm1(x))
-        gx = g*(np.float32(1.0) if _c0 else alpha*math.exp(x))
+        y = (x if _c0 else alpha*_fn.expm1_f32(x))
+        gx = g*(np.float32(1.0) if _c0 else alpha*_fn.exp_f32(x))
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y
@@ -103,8 +103,8 @@ def _forward_backward_par_float32(xs, gs, out_y, out_g, alpha, n):
         g = gs[i]
         # fused: 8 ops
         _c0 = (x > np.float32(0.0))
-        y = (x if _c0 else alpha*math.expm1(x))
-        gx = g*(np.float32(1.0) if _c0 else alpha*math.exp(x))
+        y = (x if _c0 else alpha*_fn.expm1_f32(x))
+        gx = g*(np.float32(1.0) if _c0 else alpha*_fn.exp_f32(x))
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y
@@ -118,7 +118,7 @@ def _forward_ser_float64(xs, out, alpha, n):
     for i in range(n):
         x = xs[i]
         # forward: 3 ops
-        y = (x if (x > 0.0) else alpha*math.expm1(x))
+        y = (x if (x > 0.0) else alpha*_fn.expm1_f64(x))
         y = x if x != x else y  # nan in, nan out
         out[i] = y
 
@@ -127,7 +127,7 @@ def _forward_par_float64(xs, out, alpha, n):
     for i in prange(n):
         x = xs[i]
         # forward: 3 ops
-        y = (x if (x > 0.0) else alpha*math.expm1(x))
+        y = (x if (x > 0.0) else alpha*_fn.expm1_f64(x))
         y = x if x != x else y  # nan in, nan out
         out[i] = y
 
@@ -138,7 +138,7 @@ def _backward_x_ser_float64(xs, gs, out, alpha, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 4 ops
-        gx = g*(1.0 if (x > 0.0) else alpha*math.exp(x))
+        gx = g*(1.0 if (x > 0.0) else alpha*_fn.exp_f64(x))
         gx = x if x != x else gx
         out[i] = gx
 
@@ -148,7 +148,7 @@ def _backward_x_par_float64(xs, gs, out, alpha, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 4 ops
-        gx = g*(1.0 if (x > 0.0) else alpha*math.exp(x))
+        gx = g*(1.0 if (x > 0.0) else alpha*_fn.exp_f64(x))
         gx = x if x != x else gx
         out[i] = gx
 
@@ -181,8 +181,8 @@ def _forward_backward_ser_float64(xs, gs, out_y, out_g, alpha, n):
         g = gs[i]
         # fused: 8 ops
         _c0 = (x > 0.0)
-        y = (x if _c0 else alpha*math.expm1(x))
-        gx = g*(1.0 if _c0 else alpha*math.exp(x))
+        y = (x if _c0 else alpha*_fn.expm1_f64(x))
+        gx = g*(1.0 if _c0 else alpha*_fn.exp_f64(x))
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y
@@ -195,8 +195,8 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, alpha, n):
         g = gs[i]
         # fused: 8 ops
         _c0 = (x > 0.0)
-        y = (x if _c0 else alpha*math.expm1(x))
-        gx = g*(1.0 if _c0 else alpha*math.exp(x))
+        y = (x if _c0 else alpha*_fn.expm1_f64(x))
+        gx = g*(1.0 if _c0 else alpha*_fn.exp_f64(x))
         y = x if x != x else y
         gx = x if x != x else gx
         out_y[i] = y

@@ -4,7 +4,7 @@
 
 Forward:   y = Piecewise((x, x > 0), (negative_slope*x, True))
 Backward:  dy/dx = Piecewise((1, x > 0), (negative_slope, True))
-Output form: none (an output form exists on each branch, but the branch conditions cannot be read off y for every parameter value (checked in mpmath)); backward needs the input x.
+Output form: none (the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds only when negative_slope >= 0, not for every parameter value the op accepts); backward needs the input x.
 See `python -m symgrad latex leaky_relu` for the derivation.
 """
 
@@ -198,7 +198,7 @@ def leaky_relu_forward(x, *, negative_slope=0.01, out=None):
 def leaky_relu_backward(grad_output, *, x=None, y=None, negative_slope=0.01, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
-    Needs the input ``x`` (dy/dx = Piecewise((1, x > 0), (negative_slope, True))): an output form exists on each branch, but the branch conditions cannot be read off y for every parameter value (checked in mpmath).
+    Needs the input ``x`` (dy/dx = Piecewise((1, x > 0), (negative_slope, True))): the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds only when negative_slope >= 0, not for every parameter value the op accepts.
 
     Returns:
         grad_input, same shape and dtype as grad_output.
@@ -208,7 +208,7 @@ def leaky_relu_backward(grad_output, *, x=None, y=None, negative_slope=0.01, out
     if x is None:
         raise TypeError(
             f"{fn} needs x (the input of leaky_relu_forward): "
-            f"an output form exists on each branch, but the branch conditions cannot be read off y for every parameter value (checked in mpmath)"
+            f"the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds only when negative_slope >= 0, not for every parameter value the op accepts"
         )
     source, name, kernel = x, "x", "_backward_x"
     source = _rt.float_array(source, name, fn)

@@ -12,7 +12,25 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import _functions as _fn
 from . import _runtime as _rt
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_sum(values, n):
+    """Sum in float64 with 4 accumulators (breaks the add latency chain)."""
+    a0 = a1 = a2 = a3 = 0.0
+    j = 0
+    while j + 4 <= n:
+        a0 += values[j]
+        a1 += values[j + 1]
+        a2 += values[j + 2]
+        a3 += values[j + 3]
+        j += 4
+    while j < n:
+        a0 += values[j]
+        j += 1
+    return (a0 + a1) + (a2 + a3)
 
 __all__ = ["log_softmax_forward", "log_softmax_backward", "log_softmax_forward_backward"]
 
@@ -21,276 +39,372 @@ __all__ = ["log_softmax_forward", "log_softmax_backward", "log_softmax_forward_b
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_ser_float32(xs, out, shape):
-    outer, n, inner = shape
-    for r in range(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float32(-np.inf)
+def _forward_ser_float32(xs, out):
+    rows, n = xs.shape
+    for r in range(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float32(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
+            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
+            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = np.float32(1.0) * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f32(np.float32(acc))
         for j in range(n):
-            e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float32(acc))
-        for j in range(n):
-            xm = np.float32(1.0) * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = np.float32(1.0) * x[j] - m
+            row[j] = -ls + xm
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _forward_par_float32(xs, out, shape):
-    outer, n, inner = shape
-    for r in prange(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float32(-np.inf)
+def _forward_par_float32(xs, out):
+    rows, n = xs.shape
+    for r in prange(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float32(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
+            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
+            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = np.float32(1.0) * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f32(np.float32(acc))
         for j in range(n):
-            e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float32(acc))
-        for j in range(n):
-            xm = np.float32(1.0) * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = np.float32(1.0) * x[j] - m
+            row[j] = -ls + xm
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_ser_float32(ys, gs, grad, shape):
-    outer, n, inner = shape
-    for r in range(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        acc = 0.0
+def _backward_ser_float32(ys, gs, grad):
+    rows, n = ys.shape
+    for r in range(rows):
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (np.float32(-1.0))
-        a = np.float32(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (np.float32(-1.0))
+        a = np.float32(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f32(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _backward_par_float32(ys, gs, grad, shape):
-    outer, n, inner = shape
-    for r in prange(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        acc = 0.0
+def _backward_par_float32(ys, gs, grad):
+    rows, n = ys.shape
+    for r in prange(rows):
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (np.float32(-1.0))
-        a = np.float32(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (np.float32(-1.0))
+        a = np.float32(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f32(y) + g
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_backward_ser_float32(xs, gs, out, grad, shape):
-    outer, n, inner = shape
-    for r in range(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float32(-np.inf)
+def _forward_backward_ser_float32(xs, gs, out, grad):
+    rows, n = xs.shape
+    for r in range(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float32(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
+            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
+            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = np.float32(1.0) * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f32(np.float32(acc))
         for j in range(n):
-            e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float32(acc))
-        for j in range(n):
-            xm = np.float32(1.0) * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = np.float32(1.0) * x[j] - m
+            row[j] = -ls + xm
         ys = out
-        acc = 0.0
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (np.float32(-1.0))
-        a = np.float32(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (np.float32(-1.0))
+        a = np.float32(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f32(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _forward_backward_par_float32(xs, gs, out, grad, shape):
-    outer, n, inner = shape
-    for r in prange(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float32(-np.inf)
+def _forward_backward_par_float32(xs, gs, out, grad):
+    rows, n = xs.shape
+    for r in prange(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float32(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
+            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
+            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = np.float32(1.0) * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f32(np.float32(acc))
         for j in range(n):
-            e = math.exp(np.float32(1.0) * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float32(acc))
-        for j in range(n):
-            xm = np.float32(1.0) * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = np.float32(1.0) * x[j] - m
+            row[j] = -ls + xm
         ys = out
-        acc = 0.0
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (np.float32(-1.0))
-        a = np.float32(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (np.float32(-1.0))
+        a = np.float32(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f32(y) + g
 
 
 # ---------------------------------------------------------------- float64
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_ser_float64(xs, out, shape):
-    outer, n, inner = shape
-    for r in range(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float64(-np.inf)
+def _forward_ser_float64(xs, out):
+    rows, n = xs.shape
+    for r in range(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float64(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
+            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
+            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = 1.0 * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f64(1.0 * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f64(np.float64(acc))
         for j in range(n):
-            e = math.exp(1.0 * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float64(acc))
-        for j in range(n):
-            xm = 1.0 * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = 1.0 * x[j] - m
+            row[j] = -ls + xm
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _forward_par_float64(xs, out, shape):
-    outer, n, inner = shape
-    for r in prange(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float64(-np.inf)
+def _forward_par_float64(xs, out):
+    rows, n = xs.shape
+    for r in prange(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float64(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
+            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
+            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = 1.0 * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f64(1.0 * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f64(np.float64(acc))
         for j in range(n):
-            e = math.exp(1.0 * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float64(acc))
-        for j in range(n):
-            xm = 1.0 * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = 1.0 * x[j] - m
+            row[j] = -ls + xm
 
 
 @njit(cache=True, error_model="numpy")
-def _backward_ser_float64(ys, gs, grad, shape):
-    outer, n, inner = shape
-    for r in range(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        acc = 0.0
+def _backward_ser_float64(ys, gs, grad):
+    rows, n = ys.shape
+    for r in range(rows):
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (-1.0)
-        a = np.float64(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (-1.0)
+        a = np.float64(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f64(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _backward_par_float64(ys, gs, grad, shape):
-    outer, n, inner = shape
-    for r in prange(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        acc = 0.0
+def _backward_par_float64(ys, gs, grad):
+    rows, n = ys.shape
+    for r in prange(rows):
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (-1.0)
-        a = np.float64(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (-1.0)
+        a = np.float64(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f64(y) + g
 
 
 @njit(cache=True, error_model="numpy")
-def _forward_backward_ser_float64(xs, gs, out, grad, shape):
-    outer, n, inner = shape
-    for r in range(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float64(-np.inf)
+def _forward_backward_ser_float64(xs, gs, out, grad):
+    rows, n = xs.shape
+    for r in range(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float64(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
+            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
+            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = 1.0 * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f64(1.0 * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f64(np.float64(acc))
         for j in range(n):
-            e = math.exp(1.0 * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float64(acc))
-        for j in range(n):
-            xm = 1.0 * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = 1.0 * x[j] - m
+            row[j] = -ls + xm
         ys = out
-        acc = 0.0
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (-1.0)
-        a = np.float64(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (-1.0)
+        a = np.float64(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f64(y) + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def _forward_backward_par_float64(xs, gs, out, grad, shape):
-    outer, n, inner = shape
-    for r in prange(outer * inner):
-        o = r // inner
-        c = r - o * inner
-        m = np.float64(-np.inf)
+def _forward_backward_par_float64(xs, gs, out, grad):
+    rows, n = xs.shape
+    for r in prange(rows):
+        x = xs[r]
+        row = out[r]
+        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
+        # poisons the sum below, so a row holding nan comes out nan).
+        m0 = m1 = m2 = m3 = np.float64(-np.inf)
+        j = 0
+        while j + 4 <= n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
+            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
+            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
+            j += 4
+        while j < n:
+            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
+            j += 1
+        m01 = m0 if m0 > m1 else m1
+        m23 = m2 if m2 > m3 else m3
+        m = m01 if m01 > m23 else m23
+        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            v = 1.0 * xs[o, j, c]
-            if v > m:
-                m = v
-        acc = 0.0  # float64 accumulation, also for float32 rows
+            row[j] = _fn.exp_f64(1.0 * x[j] - m)
+        acc = _row_sum(row, n)
+        ls = _fn.log_f64(np.float64(acc))
         for j in range(n):
-            e = math.exp(1.0 * xs[o, j, c] - m)
-            acc += e
-        ls = math.log(np.float64(acc))
-        for j in range(n):
-            xm = 1.0 * xs[o, j, c] - m
-            out[o, j, c] = -ls + xm
+            xm = 1.0 * x[j] - m
+            row[j] = -ls + xm
         ys = out
-        acc = 0.0
+        yr = ys[r]
+        gr = gs[r]
+        gx = grad[r]
         for j in range(n):
-            y = ys[o, j, c]
-            acc += gs[o, j, c] * (-1.0)
-        a = np.float64(acc)
+            y = yr[j]
+            gx[j] = gr[j] * (-1.0)
+        a = np.float64(_row_sum(gx, n))
         for j in range(n):
-            y = ys[o, j, c]
-            g = gs[o, j, c]
-            grad[o, j, c] = a*math.exp(y) + g
+            y = yr[j]
+            g = gr[j]
+            gx[j] = a*_fn.exp_f64(y) + g
 
 
 def _pick(name, dtype, size):
@@ -300,8 +414,25 @@ def _pick(name, dtype, size):
 
 
 def _run(name, arrays, dim, size):
-    views = [_rt.rows_view(a, dim) for a in arrays]
-    _pick(name, arrays[0].dtype, size)(*views, views[0].shape)
+    """Run a row kernel on C-contiguous (rows, n) arrays with ``dim`` last.
+
+    For another dim the inputs are transposed into copies and the outputs written back: the
+    kernels then read each row with unit stride, which is what lets their loops vectorize.
+    """
+    n_out = _OUTPUTS[name]
+    arrays = [a.reshape(1) if a.ndim == 0 else a for a in arrays]
+    if dim == arrays[0].ndim - 1:
+        _pick(name, arrays[0].dtype, size)(*(a.reshape(-1, a.shape[-1]) for a in arrays))
+        return
+    moved = [np.moveaxis(a, dim, -1) for a in arrays]
+    inputs = [np.ascontiguousarray(a) for a in moved[:-n_out]]
+    outputs = [np.empty(a.shape, a.dtype) for a in moved[-n_out:]]
+    _pick(name, arrays[0].dtype, size)(*(a.reshape(-1, a.shape[-1]) for a in inputs + outputs))
+    for view, result in zip(moved[-n_out:], outputs):
+        np.copyto(view, result)
+
+
+_OUTPUTS = {"_forward": 1, "_backward": 1, "_forward_backward": 2}
 
 
 def log_softmax_forward(x, dim=-1, *, out=None):

@@ -3,7 +3,7 @@
 """sigmoid: Logistic sigmoid 1/(1+e^-x).
 
 Forward:   y = sigmoid(x)
-Backward:  dy/dx = (1 - sigmoid(x))*sigmoid(x)
+Backward:  dy/dx = sigmoid(-x)*sigmoid(x)
 Output form: dy/dx = y*(1 - y)  (backward needs only the saved output y)
 See `python -m symgrad latex sigmoid` for the derivation.
 """
@@ -44,8 +44,7 @@ def _backward_x_ser_float32(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        _c0 = _fn.sigmoid_f32(x)
-        gx = -_c0*g*(_c0 + np.float32(-1.0))
+        gx = g*_fn.sigmoid_f32(-x)*_fn.sigmoid_f32(x)
         out[i] = gx
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -54,8 +53,7 @@ def _backward_x_par_float32(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        _c0 = _fn.sigmoid_f32(x)
-        gx = -_c0*g*(_c0 + np.float32(-1.0))
+        gx = g*_fn.sigmoid_f32(-x)*_fn.sigmoid_f32(x)
         out[i] = gx
 
 
@@ -86,7 +84,7 @@ def _forward_backward_ser_float32(xs, gs, out_y, out_g, n):
         # fused: 5 ops
         _c0 = _fn.sigmoid_f32(x)
         y = _c0
-        gx = -_c0*g*(_c0 + np.float32(-1.0))
+        gx = _c0*g*_fn.sigmoid_f32(-x)
         out_y[i] = y
         out_g[i] = gx
 
@@ -98,7 +96,7 @@ def _forward_backward_par_float32(xs, gs, out_y, out_g, n):
         # fused: 5 ops
         _c0 = _fn.sigmoid_f32(x)
         y = _c0
-        gx = -_c0*g*(_c0 + np.float32(-1.0))
+        gx = _c0*g*_fn.sigmoid_f32(-x)
         out_y[i] = y
         out_g[i] = gx
 
@@ -128,8 +126,7 @@ def _backward_x_ser_float64(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        _c0 = _fn.sigmoid_f64(x)
-        gx = -_c0*g*(_c0 - 1.0)
+        gx = g*_fn.sigmoid_f64(-x)*_fn.sigmoid_f64(x)
         out[i] = gx
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -138,8 +135,7 @@ def _backward_x_par_float64(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        _c0 = _fn.sigmoid_f64(x)
-        gx = -_c0*g*(_c0 - 1.0)
+        gx = g*_fn.sigmoid_f64(-x)*_fn.sigmoid_f64(x)
         out[i] = gx
 
 
@@ -170,7 +166,7 @@ def _forward_backward_ser_float64(xs, gs, out_y, out_g, n):
         # fused: 5 ops
         _c0 = _fn.sigmoid_f64(x)
         y = _c0
-        gx = -_c0*g*(_c0 - 1.0)
+        gx = _c0*g*_fn.sigmoid_f64(-x)
         out_y[i] = y
         out_g[i] = gx
 
@@ -182,7 +178,7 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, n):
         # fused: 5 ops
         _c0 = _fn.sigmoid_f64(x)
         y = _c0
-        gx = -_c0*g*(_c0 - 1.0)
+        gx = _c0*g*_fn.sigmoid_f64(-x)
         out_y[i] = y
         out_g[i] = gx
 
@@ -223,7 +219,7 @@ def sigmoid_backward(grad_output, *, x=None, y=None, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
     Needs the saved output ``y`` (dy/dx = y*(1 - y)); the input ``x`` is accepted instead
-    (dy/dx = (1 - sigmoid(x))*sigmoid(x)). When both are given, y is used.
+    (dy/dx = sigmoid(-x)*sigmoid(x)). When both are given, y is used.
 
     Returns:
         grad_input, same shape and dtype as grad_output.

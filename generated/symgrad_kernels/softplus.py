@@ -4,7 +4,7 @@
 
 Forward:   y = Piecewise((x, threshold < beta*x), (softplus(beta*x)/beta, True))
 Backward:  dy/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))
-Output form: none (an output form exists on each branch, but the branch conditions cannot be read off y for every parameter value (checked in mpmath)); backward needs the input x.
+Output form: none (the output form dy/dx = Piecewise((1, threshold < beta*y), (1 - exp(-beta*y), True)) holds only when exp(-threshold) <= 1/16777216, not for every parameter value the op accepts); backward needs the input x.
 See `python -m symgrad latex softplus` for the derivation.
 """
 
@@ -212,7 +212,7 @@ def softplus_forward(x, *, beta=1.0, threshold=20.0, out=None):
 def softplus_backward(grad_output, *, x=None, y=None, beta=1.0, threshold=20.0, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
-    Needs the input ``x`` (dy/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))): an output form exists on each branch, but the branch conditions cannot be read off y for every parameter value (checked in mpmath).
+    Needs the input ``x`` (dy/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))): the output form dy/dx = Piecewise((1, threshold < beta*y), (1 - exp(-beta*y), True)) holds only when exp(-threshold) <= 1/16777216, not for every parameter value the op accepts.
 
     Returns:
         grad_input, same shape and dtype as grad_output.
@@ -222,7 +222,7 @@ def softplus_backward(grad_output, *, x=None, y=None, beta=1.0, threshold=20.0, 
     if x is None:
         raise TypeError(
             f"{fn} needs x (the input of softplus_forward): "
-            f"an output form exists on each branch, but the branch conditions cannot be read off y for every parameter value (checked in mpmath)"
+            f"the output form dy/dx = Piecewise((1, threshold < beta*y), (1 - exp(-beta*y), True)) holds only when exp(-threshold) <= 1/16777216, not for every parameter value the op accepts"
         )
     source, name, kernel = x, "x", "_backward_x"
     source = _rt.float_array(source, name, fn)

@@ -26,7 +26,7 @@ def _forward_ser_float32(xs, out, n):
     for i in range(n):
         x = xs[i]
         # forward: 1 ops
-        y = math.tanh(x)
+        y = _fn.tanh_f32(x)
         out[i] = y
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -34,7 +34,7 @@ def _forward_par_float32(xs, out, n):
     for i in prange(n):
         x = xs[i]
         # forward: 1 ops
-        y = math.tanh(x)
+        y = _fn.tanh_f32(x)
         out[i] = y
 
 
@@ -44,7 +44,7 @@ def _backward_x_ser_float32(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        gx = -g*(math.tanh(x)*math.tanh(x) + np.float32(-1.0))
+        gx = -g*((_fn.tanh_f32(x)*_fn.tanh_f32(x)) + np.float32(-1.0))
         out[i] = gx
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -53,7 +53,7 @@ def _backward_x_par_float32(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        gx = -g*(math.tanh(x)*math.tanh(x) + np.float32(-1.0))
+        gx = -g*((_fn.tanh_f32(x)*_fn.tanh_f32(x)) + np.float32(-1.0))
         out[i] = gx
 
 
@@ -63,7 +63,7 @@ def _backward_y_ser_float32(ys, gs, out, n):
         y = ys[i]
         g = gs[i]
         # backward from y: 4 ops
-        gx = -g*(y*y + np.float32(-1.0))
+        gx = -g*((y*y) + np.float32(-1.0))
         out[i] = gx
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -72,7 +72,7 @@ def _backward_y_par_float32(ys, gs, out, n):
         y = ys[i]
         g = gs[i]
         # backward from y: 4 ops
-        gx = -g*(y*y + np.float32(-1.0))
+        gx = -g*((y*y) + np.float32(-1.0))
         out[i] = gx
 
 
@@ -82,9 +82,9 @@ def _forward_backward_ser_float32(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        _c0 = math.tanh(x)
+        _c0 = _fn.tanh_f32(x)
         y = _c0
-        gx = -g*(_c0*_c0 + np.float32(-1.0))
+        gx = -g*((_c0*_c0) + np.float32(-1.0))
         out_y[i] = y
         out_g[i] = gx
 
@@ -94,9 +94,9 @@ def _forward_backward_par_float32(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        _c0 = math.tanh(x)
+        _c0 = _fn.tanh_f32(x)
         y = _c0
-        gx = -g*(_c0*_c0 + np.float32(-1.0))
+        gx = -g*((_c0*_c0) + np.float32(-1.0))
         out_y[i] = y
         out_g[i] = gx
 
@@ -108,7 +108,7 @@ def _forward_ser_float64(xs, out, n):
     for i in range(n):
         x = xs[i]
         # forward: 1 ops
-        y = math.tanh(x)
+        y = _fn.tanh_f64(x)
         out[i] = y
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -116,7 +116,7 @@ def _forward_par_float64(xs, out, n):
     for i in prange(n):
         x = xs[i]
         # forward: 1 ops
-        y = math.tanh(x)
+        y = _fn.tanh_f64(x)
         out[i] = y
 
 
@@ -126,7 +126,7 @@ def _backward_x_ser_float64(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        gx = -g*(math.tanh(x)*math.tanh(x) - 1.0)
+        gx = -g*((_fn.tanh_f64(x)*_fn.tanh_f64(x)) - 1.0)
         out[i] = gx
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -135,7 +135,7 @@ def _backward_x_par_float64(xs, gs, out, n):
         x = xs[i]
         g = gs[i]
         # backward from x: 5 ops
-        gx = -g*(math.tanh(x)*math.tanh(x) - 1.0)
+        gx = -g*((_fn.tanh_f64(x)*_fn.tanh_f64(x)) - 1.0)
         out[i] = gx
 
 
@@ -145,7 +145,7 @@ def _backward_y_ser_float64(ys, gs, out, n):
         y = ys[i]
         g = gs[i]
         # backward from y: 4 ops
-        gx = -g*(y*y - 1.0)
+        gx = -g*((y*y) - 1.0)
         out[i] = gx
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -154,7 +154,7 @@ def _backward_y_par_float64(ys, gs, out, n):
         y = ys[i]
         g = gs[i]
         # backward from y: 4 ops
-        gx = -g*(y*y - 1.0)
+        gx = -g*((y*y) - 1.0)
         out[i] = gx
 
 
@@ -164,9 +164,9 @@ def _forward_backward_ser_float64(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        _c0 = math.tanh(x)
+        _c0 = _fn.tanh_f64(x)
         y = _c0
-        gx = -g*(_c0*_c0 - 1.0)
+        gx = -g*((_c0*_c0) - 1.0)
         out_y[i] = y
         out_g[i] = gx
 
@@ -176,9 +176,9 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, n):
         x = xs[i]
         g = gs[i]
         # fused: 5 ops
-        _c0 = math.tanh(x)
+        _c0 = _fn.tanh_f64(x)
         y = _c0
-        gx = -g*(_c0*_c0 - 1.0)
+        gx = -g*((_c0*_c0) - 1.0)
         out_y[i] = y
         out_g[i] = gx
 

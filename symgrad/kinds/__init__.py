@@ -24,6 +24,9 @@ class Kind:
     template: str  # file name in templates/<backend>/
     context: Callable  # derivation -> dict for the template
     exports: Callable[[OpSpec], list[str]] = field(default=default_exports)
+    # spec -> the options a caller can set, e.g. "dim=-1" (for `list`); None: read them off the
+    # generated wrapper.
+    signature: Callable[[OpSpec], str] | None = None
 
     @property
     def name(self) -> str:

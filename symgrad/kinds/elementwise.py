@@ -1,29 +1,54 @@
-"""Elementwise ops, y = f(x): derivative, output-form search, and the kernel context."""
+"""Elementwise ops, y = f(x): derivative, output-form search, backward-form choice, context.
+
+The output form (f'(x) = g(f(x)), so that backward needs only the saved y) is found by
+``symgrad.derive.find_output_form``. Where it exists, both backward forms are generated; which
+one the fused kernel (and a caller passing both x and y) should use is decided per dtype by a
+measurement (``_choose_backward``): the y-form inherits the rounding of y, amplified by the
+condition number |y·g'(y)/g(y)| (y(1-y) loses every digit once σ(x) rounds to 1), so it is the
+default only where that costs nothing and it is cheaper than the x-form.
+"""
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import mpmath
+import numpy as np
 import sympy as sp
 
 from symgrad.context import block, indent, needs_nan_guard, param_context, sstr
 from symgrad.derive import (
     DerivationError,
     G,
+    OutputForm,
     Proof,
     Step,
+    default_subs,
+    find_output_form,
     function_proofs,
     is_zero,
-    sample_params,
+    mp_lambdify,
     simplify_branches,
+    spec_rewrites,
     stabilize,
 )
-from symgrad.functions import elementary_form, explicit_form
+from symgrad.functions import explicit_form
 from symgrad.kinds import Kind, register_kind
 from symgrad.printer import DTYPES
 from symgrad.spec import Elementwise, X, Y
+
+# Points per dtype for the backward-form measurement (log-uniform magnitudes, both signs).
+CHOICE_POINTS = 160
+
+
+@dataclass(frozen=True)
+class BackwardChoice:
+    """Which backward form to use when x is at hand, per dtype, and the measurement behind it."""
+
+    form: str  # "x" or "y"
+    y_form_ulps: float  # max error of g(round(y)) vs f'(x), in ULPs (inf where no y-form)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -31,97 +56,104 @@ class ElementwiseDerivation:
     spec: Elementwise
     forward: sp.Expr  # kernel form of y = f(x)
     grad_x: sp.Expr  # kernel form of dy/dx in terms of x
-    grad_y: sp.Expr | None  # dy/dx in terms of the output y, where it exists for every parameter
+    grad_y: sp.Expr | None  # kernel form of dy/dx in terms of y, where usable for every param
     output_form_note: str  # why grad_y is what it is
     steps: tuple[Step, ...]
     proofs: tuple[Proof, ...]
+    output_form: OutputForm | None = None
+    # dtype -> the form the fused kernel uses and the measurement that chose it
+    backward_choice: dict[str, BackwardChoice] = field(default_factory=dict)
 
     @property
     def backward_needs(self) -> str:
         return "y" if self.grad_y is not None else "x"
 
-
-def _branches(expr: sp.Expr) -> list[tuple[sp.Expr, sp.Basic]]:
-    if isinstance(expr, sp.Piecewise):
-        return list(expr.args)
-    return [(expr, sp.true)]
-
-
-def _branch_output_form(f: sp.Expr, d: sp.Expr) -> sp.Expr | None:
-    """Find g with d(x) = g(f(x)) on one smooth branch, or None."""
-    if X not in d.free_symbols:
-        return d
-    # 1. The derivative may already be written in terms of f itself (sigmoid, tanh).
-    if f != X:
-        g = d.subs(f, Y)
-        if X not in g.free_symbols:
-            return g
-    # 2. Invert y = f(x) and substitute (elu's exponential branch, softplus, ...).
-    try:
-        inverses = sp.solve(sp.Eq(Y, explicit_form(f)), X)
-    except (NotImplementedError, TypeError):
-        inverses = []
-    for inverse in inverses:
-        g = sp.simplify(explicit_form(d).subs(X, inverse))
-        if X not in g.free_symbols and not g.has(sp.I):
-            return g
-    return None
+    @property
+    def backward_default(self) -> dict[str, str]:
+        """dtype -> "x" or "y": the form to use when both are available."""
+        return {dt: c.form for dt, c in self.backward_choice.items()}
 
 
-def _condition_in_y(cond: sp.Basic) -> sp.Basic:
-    """Rewrite a branch condition on x as the same test on y (valid only where f keeps signs)."""
-    return cond.subs(X, Y) if cond not in (sp.true, sp.false) else cond
+def _cost(expr: sp.Expr) -> int:
+    """Rough cost of evaluating ``expr``: a function call (exp, a helper) counts as ten."""
+    calls = sum(1 for e in sp.preorder_traversal(expr) if isinstance(e, sp.Function))
+    return int(sp.count_ops(expr)) + 9 * calls
 
 
-def _output_form_holds(spec: Elementwise, grad_y: sp.Expr, grad_x: sp.Expr) -> bool:
-    """Check g(f(x)) == f'(x), branch conditions included, over x and the params' domains."""
-    rng = random.Random(1)
-    xs = [0.0, -0.0, 1e-9, -1e-9, 1.0, -1.0, 3.0, -3.0, 25.0, -25.0]
-    xs += [rng.uniform(-30, 30) for _ in range(40)]
-    fwd = elementary_form(spec.forward)
-    for params in sample_params(spec, rng, 6):
-        f = sp.lambdify([X], fwd.subs(params), modules="mpmath")
-        gy = sp.lambdify([Y], elementary_form(grad_y).subs(params), modules="mpmath")
-        gx = sp.lambdify([X], elementary_form(grad_x).subs(params), modules="mpmath")
-        # Branch boundaries: where each condition flips, and just beside it.
-        for _, cond in _branches(fwd.subs(params)):
-            if isinstance(cond, sp.core.relational.Relational):
-                for root in sp.solve(cond.lhs - cond.rhs, X):
-                    if root.is_real:
-                        r = float(root)
-                        xs_here = [r, r + 1e-7, r - 1e-7]
-                        break
-                else:
-                    xs_here = []
-                xs = xs + xs_here
-        with mpmath.workdps(40):
-            for x in xs:
-                mx = mpmath.mpf(x)
-                want, got = gx(mx), gy(f(mx))
-                if abs(want - got) > mpmath.mpf(10) ** -20 * (1 + abs(want)):
-                    return False
-    return True
+def _choice_points(dtype: str) -> list[float]:
+    """Log-uniform magnitudes over the dtype's finite range, both signs, and small integers."""
+    fi = np.finfo(dtype)
+    lo, hi = math.log10(float(fi.tiny)), math.log10(float(fi.max))
+    rng = np.random.default_rng(3)
+    mags = 10.0 ** rng.uniform(lo, hi, CHOICE_POINTS // 2)
+    near = rng.uniform(-40, 40, CHOICE_POINTS // 2)
+    pts = np.concatenate([mags, -mags, near, [0.0, 0.5, -0.5, 1.0, -1.0, 17.0, 37.0]])
+    return [float(v) for v in pts.astype(dtype)]
 
 
-def _find_output_form(spec: Elementwise, grad_x: sp.Expr) -> tuple[sp.Expr | None, str]:
-    branches = _branches(spec.forward)
-    grads = _branches(grad_x)
-    if len(branches) != len(grads):
-        return None, "the derivative's branches do not line up with the forward's"
-    pieces = []
-    for (f, cond), (d, _) in zip(branches, grads, strict=True):
-        g = _branch_output_form(f, d)
-        if g is None:
-            return None, f"no g with f'(x) = g(f(x)) on the branch {sp.sstr(cond)}"
-        pieces.append((g, _condition_in_y(cond)))
-    grad_y = pieces[0][0] if len(pieces) == 1 else sp.Piecewise(*pieces)
-    if not _output_form_holds(spec, grad_y, grad_x):
-        return None, ("an output form exists on each branch, but the branch conditions cannot "
-                      "be read off y for every parameter value (checked in mpmath)")
-    return grad_y, "found and checked in mpmath over x and the parameters' domains"
+def _ulps(got: mpmath.mpf, want: mpmath.mpf, dtype: str) -> float:
+    """|got - want| in units in the last place of ``want`` in ``dtype`` (normal results only)."""
+    fi = np.finfo(dtype)
+    if not mpmath.isfinite(want) or abs(want) < float(fi.tiny) or abs(want) > float(fi.max):
+        return 0.0
+    if not mpmath.isfinite(got):
+        return math.inf
+    ulp = mpmath.ldexp(1, int(mpmath.floor(mpmath.log(abs(want), 2))) - (fi.nmant))
+    return float(abs(got - want) / ulp)
+
+
+def _measure_y_form(spec: Elementwise, grad_y: sp.Expr, dtype: str) -> float:
+    """Max error in ULPs of g(round(f(x))) against f'(x): what the y-form costs on top of its
+    own evaluation, because y is rounded to ``dtype`` before backward sees it. Evaluated in
+    mpmath in the stabilized forms (proven equal), which keep their digits."""
+    params = default_subs(spec)
+    f = mp_lambdify([X], stabilize(spec.forward).subs(params))
+    d = mp_lambdify([X], stabilize(sp.diff(spec.forward, X)).subs(params))
+    g = mp_lambdify([Y], stabilize(grad_y).subs(params))
+    cast = np.float32 if dtype == "float32" else np.float64
+    worst = 0.0
+    with mpmath.workdps(30):
+        for v in _choice_points(dtype):
+            x = mpmath.mpf(v)
+            with np.errstate(over="ignore"):
+                y = float(cast(float(f(x))))
+            if not math.isfinite(y):
+                continue
+            worst = max(worst, _ulps(g(mpmath.mpf(y)), d(x), dtype))
+    return worst
+
+
+def _choose_backward(spec: Elementwise, out: OutputForm | None, grad_x_k: sp.Expr,
+                     grad_y_k: sp.Expr | None) -> dict[str, BackwardChoice]:
+    choice = {}
+    for dt in DTYPES:
+        if grad_y_k is None or out is None or not out.exact:
+            why = "no exact output form" if grad_y_k is None or out is None else \
+                "the output form is approximate"
+            choice[dt] = BackwardChoice("x", math.inf, why)
+            continue
+        if grad_y_k.has(sp.Piecewise):
+            # Conditions on a rounded y flip at the kinks where x's do not: hardsigmoid's
+            # x/6 + 1/2 rounds to 0 just above x = -3, and [y > 0] then gives 0 for 1/6.
+            choice[dt] = BackwardChoice("x", math.inf, "the y-form's branch conditions read a "
+                                        "rounded y, which can land on a kink; x's are exact")
+            continue
+        lost = _measure_y_form(spec, out.expr, dt)
+        cheaper = _cost(grad_y_k) < _cost(grad_x_k)
+        if lost <= 1.0 and cheaper:
+            choice[dt] = BackwardChoice("y", lost, f"g(round(y)) is within {lost:.2g} ULP of "
+                                        "f'(x) and the y-form is cheaper")
+        elif lost <= 1.0:
+            choice[dt] = BackwardChoice("x", lost, f"g(round(y)) is within {lost:.2g} ULP, but "
+                                        "the y-form is no cheaper")
+        else:
+            choice[dt] = BackwardChoice("x", lost, f"g(round(y)) is off by up to {lost:.3g} ULP "
+                                        "(the rounding of y, amplified by |y·g'(y)/g(y)|)")
+    return choice
 
 
 def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
+    extra = spec_rewrites(spec)
     definition = explicit_form(spec.forward)
     differentiated = sp.diff(definition, X)
     simplified = simplify_branches(differentiated)
@@ -135,27 +167,64 @@ def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     proofs.append(Proof(r"\frac{dy}{dx}\text{ (library form)} = \text{as differentiated}",
                         proof.method))
 
-    grad_y, note = _find_output_form(spec, grad_x)
-    forward_k, grad_x_k = stabilize(spec.forward), stabilize(grad_x)
-    grad_y_k = stabilize(grad_y) if grad_y is not None else None
+    out = find_output_form(spec, spec.forward, X, Y)
+    proofs += out.proofs
+    grad_y = out.expr if out.usable else None
+    forward_k, grad_x_k = stabilize(spec.forward, extra), stabilize(grad_x, extra)
+    grad_y_k = stabilize(grad_y, extra) if grad_y is not None else None
+    choice = _choose_backward(spec, out, grad_x_k, grad_y_k)
+    note = out.note if grad_y is not None or out.expr is None else (
+        f"the output form dy/dx = {sp.sstr(out.expr)} holds only when "
+        f"{sp.sstr(out.requires)}, not for every parameter value the op accepts")
+    if grad_y is not None:  # (shown by `show`; the generated docstrings print grad_y instead)
+        note += "; with x at hand (fused kernel) the kernels use " + ", ".join(
+            f"{dt}: the {c.form}-form ({c.reason})" for dt, c in choice.items())
 
     steps = [
         Step("Definition", rf"y = {sp.latex(definition)}"),
         Step("Derivative, as differentiated", rf"\frac{{dy}}{{dx}} = {sp.latex(differentiated)}"),
         Step("Simplified", rf"\frac{{dy}}{{dx}} = {sp.latex(simplified)}"),
         Step("In library functions", rf"\frac{{dy}}{{dx}} = {sp.latex(grad_x)}"),
+        *_output_form_steps(out),
+        Step("Kernel evaluates (forward)", rf"y = {sp.latex(forward_k)}"),
+        Step("Kernel evaluates (backward from x)",
+             rf"\frac{{\partial \ell}}{{\partial x}} = g \cdot \left({sp.latex(grad_x_k)}\right)"),
     ]
-    if grad_y is not None:
-        steps.append(Step("Output form (backward needs only y)",
-                          rf"\frac{{dy}}{{dx}} = {sp.latex(grad_y)}"))
-    else:
-        steps.append(Step("Output form", rf"\text{{none: {note}; backward needs }} x"))
-    steps.append(Step("Kernel evaluates (forward)", rf"y = {sp.latex(forward_k)}"))
-    steps.append(Step("Kernel evaluates (backward)", rf"\frac{{\partial \ell}}{{\partial x}} = g "
-                      rf"\cdot \left({sp.latex(grad_y_k if grad_y_k is not None else grad_x_k)}"
-                      r"\right)"))
+    if grad_y_k is not None:
+        steps.append(Step("Kernel evaluates (backward from y)",
+                          rf"\frac{{\partial \ell}}{{\partial x}} = g \cdot "
+                          rf"\left({sp.latex(grad_y_k)}\right)"))
+    steps.append(Step("Backward form when x is at hand (fused kernel), by measurement",
+                      r"\text{" + "; ".join(f"{dt}: from {c.form} ({c.reason})"
+                                            for dt, c in choice.items()) + "}"))
     return ElementwiseDerivation(spec, forward_k, grad_x_k, grad_y_k, note, tuple(steps),
-                                 tuple(proofs))
+                                 tuple(proofs), out, choice)
+
+
+def _output_form_steps(out: OutputForm) -> list[Step]:
+    """The search, branch by branch: condition on x, the same on y, g there and how found."""
+    steps = []
+    if len(out.branches) > 1:
+        rows = []
+        for b in out.branches:
+            cond_y = sp.latex(b.cond_y) if b.cond_y is not None else r"\text{--}"
+            g = sp.latex(b.g) if b.g is not None else r"\text{none}"
+            rows.append(rf"{sp.latex(b.cond_x)} \;\to\; {cond_y}: & \quad g = {g} "
+                        rf"\quad\text{{({b.method})}}")
+        steps.append(Step("Output-form search, branch by branch (x-condition to y-condition)",
+                          r"\begin{array}{ll}" + r" \\ ".join(rows) + r"\end{array}"))
+    if out.expr is None:
+        steps.append(Step("Output form", rf"\text{{{out.note}; backward needs }} x"))
+        return steps
+    title = "Output form (backward needs only y)" if out.usable else \
+        "Output form (conditional: not used by the kernels)"
+    latex = rf"\frac{{dy}}{{dx}} = {sp.latex(out.expr)}"
+    if out.requires != sp.true:
+        latex += rf"\quad\text{{valid when }} {sp.latex(out.requires)}"
+    if not out.exact:
+        latex += rf",\quad \left|g(f(x)) - f'(x)\right| \le {sp.latex(out.error_bound)}"
+    steps.append(Step(title, latex))
+    return steps
 
 
 def _elementwise_context(d: ElementwiseDerivation) -> dict:
@@ -183,18 +252,36 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
             if guard:
                 lines.append("gx = y if y != y else gx")
             body["backward_y"][dt] = indent(lines + ["out[i] = gx"])
-        # Fused: x is at hand, so the x-form derivative (never less accurate than the output
-        # form, e.g. elu's y + alpha cancels for x << 0), sharing subexpressions with forward.
-        fb, n_fb = block({"y": d.forward, "gx": G * d.grad_x}, dt)
-        lines = ["x = xs[i]", "g = gs[i]", f"# fused: {n_fb} ops", *fb]
+        # Fused: x is at hand. The form chosen by measurement: the x-form shares subexpressions
+        # with forward; the y-form (where as accurate and cheaper) reads the y just computed.
+        if d.backward_default.get(dt) == "y" and d.grad_y is not None:
+            fy, n_y = block({"y": d.forward}, dt)
+            fg, n_g = block({"gx": G * d.grad_y}, dt)
+            lines = ["x = xs[i]", "g = gs[i]", f"# fused, backward from y: {n_y + n_g} ops",
+                     *fy, *fg]
+        else:
+            fb, n_fb = block({"y": d.forward, "gx": G * d.grad_x}, dt)
+            lines = ["x = xs[i]", "g = gs[i]", f"# fused: {n_fb} ops", *fb]
         if guard:
             lines += ["y = x if x != x else y", "gx = x if x != x else gx"]
         body["forward_backward"][dt] = indent(lines + ["out_y[i] = y", "out_g[i] = gx"])
 
+    out = d.output_form
+    conditional = out is not None and out.expr is not None and not out.usable
     text = {"forward": sstr(d.forward), "grad_x": sstr(d.grad_x),
             "grad_y": sstr(d.grad_y) if d.grad_y is not None else "",
             "output_note": d.output_form_note}
-    return {"body": body, "text": text, "params": param_context(d.spec)}
+    return {
+        "body": body, "text": text, "params": param_context(d.spec),
+        # For the wrapper: which backward form to prefer when both x and y are passed, and a
+        # conditional output form with the parameter check its y-path needs (not wired yet).
+        "prefer_y": {dt: c.form == "y" for dt, c in d.backward_choice.items()},
+        "conditional_grad_y": {
+            "requires": sp.pycode(out.requires, fully_qualified_modules=True),
+            "requires_text": sstr(out.requires),
+            "body": {dt: block({"gx": G * stabilize(out.expr)}, dt)[0] for dt in DTYPES},
+        } if conditional else None,
+    }
 
 
 register_kind(Kind(Elementwise, _derive_elementwise, "elementwise.py.j2", _elementwise_context))

@@ -102,6 +102,7 @@ def _derive_rowwise(spec: LogSumExpRowwise) -> RowwiseDerivation:
     vjp = g[K] * diag.subs(Y, VY[K]) + sign_out * right.subs(Y, VY[K]) * sp.Sum(
         g[I] * sign_out * left.subs(Y, VY[I]), (I, 1, N))
     lse_tex = rf"L = \log \sum_{{j=1}}^{{n}} e^{{{'' if sign == 1 else '-'}x_j}}"
+    sx = "x" if sign == 1 else "-x"  # the shifted exponent's argument, for the kernel step
     diag_tex = "I" if diag == 1 else rf"\operatorname{{diag}}\left({_vec_latex(diag)}\right)"
     rank_one = sp.latex(sign_out) if sign_out == -1 else "+"
     steps = (
@@ -118,8 +119,9 @@ def _derive_rowwise(spec: LogSumExpRowwise) -> RowwiseDerivation:
              rf"\frac{{\partial \ell}}{{\partial x_k}} = \sum_i g_i J_{{ik}} = {sp.latex(vjp)}"),
         Step("Kernel evaluates (forward)",
              rf"y = {sp.latex(forward_from_e if forward_from_e is not None else spec.forward)}"
-             + (r",\quad e = e^{x - \max x},\ s = \sum e" if forward_from_e is not None else
-                rf" = {sp.latex(shifted)},\quad x_m = x - \max x,\ "
+             + (rf",\quad e = e^{{{sx} - \max({sx})}},\ s = \sum e"
+                if forward_from_e is not None else
+                rf" = {sp.latex(shifted)},\quad x_m = {sx} - \max({sx}),\ "
                 r"l_s = \log \sum e^{x_m}")),
     )
     return RowwiseDerivation(spec, spec.forward, forward_from_e, shifted, diag, left, right, steps,
