@@ -7,6 +7,7 @@ is ``symgrad/output.py``'s job.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,13 +59,25 @@ def _spec_source(spec: OpSpec) -> str:
     return REGISTRY.source_of(spec.name) if spec.name in REGISTRY else "a user spec"
 
 
-def render_op(spec: OpSpec, env: jinja2.Environment | None = None) -> str:
+def render_op(spec: OpSpec, env: jinja2.Environment | None = None,
+              math_digest: str = "") -> str:
+    """One op's module. ``math_digest`` fingerprints the helper modules its kernels inline."""
     env = env or environment()
     kind = kind_of(spec)
     template, ctx = kind.template, kind.context(derive(spec))
     return env.get_template(template).render(
         spec=spec, dtypes=DTYPES, version=__version__, template=template,
-        spec_source=_spec_source(spec), **ctx)
+        spec_source=_spec_source(spec), math_digest=math_digest, **ctx)
+
+
+def helper_digest(files: dict[str, str]) -> str:
+    """A fingerprint of _functions.py and _vecmath.py.
+
+    Kernels inline these helpers, and Numba's cache only watches a kernel's own file: printing
+    the fingerprint into every op module makes a change in the helpers invalidate the cache.
+    """
+    text = files["_functions.py"] + files["_vecmath.py"]
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def render_functions(env: jinja2.Environment) -> str:
@@ -102,10 +115,11 @@ def render_package(specs: Iterable[OpSpec], package: str = DEFAULT_PACKAGE,
         template="_runtime.py.j2", parallel_min_size=PARALLEL_MIN_SIZE, **common)
     files["_functions.py"] = render_functions(env)
     files["_vecmath.py"] = render_vecmath(env)
+    digest = helper_digest(files)
     for spec in specs:
         if progress:
             progress(spec.name, "derive + render")
-        files[f"{spec.name}.py"] = render_op(spec, env)
+        files[f"{spec.name}.py"] = render_op(spec, env, digest)
     files["__init__.py"] = render_index(env, package, specs)
     return files
 
