@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import sys
 import time
@@ -345,7 +346,7 @@ def cmd_latex(args: argparse.Namespace) -> int:
 
 def cmd_accuracy(args: argparse.Namespace) -> int:
     try:
-        from symgrad import accuracy
+        accuracy = importlib.import_module("symgrad.accuracy")
     except ImportError:
         raise RuntimeError("symgrad.accuracy is not available in this checkout yet; "
                            "update symgrad") from None

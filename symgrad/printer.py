@@ -112,6 +112,16 @@ class NumbaPrinter(PythonCodePrinter):
         e = self.parenthesize(exp, sp.printing.precedence.PRECEDENCE["Pow"])
         return f"{b}**{e}"
 
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        # The numeric coefficient goes last: -4.0*x*y overflows at x = -max/2 where
+        # (x*y)*-4.0 does not, when y is 0 there (mish', gelu's sqrt(2)*x).
+        coeff, rest = expr.as_coeff_Mul()
+        if coeff == 1 or rest == 1 or not coeff.is_Number:
+            return super()._print_Mul(expr)
+        if coeff == -1:
+            return f"-({self._print(rest)})"
+        return f"({self._print(rest)})*{self._print(coeff)}"
+
     # -- functions -------------------------------------------------------------------------------
     def _print_Function(self, expr: sp.Function) -> str:
         if isinstance(expr, LibraryFunction):

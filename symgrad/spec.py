@@ -153,6 +153,8 @@ class OpSpec:
     params: tuple[Param, ...] = ()
     torch: TorchRef | None = None
     latex_name: str = ""
+    # (condition over the parameters, message as torch words it): checked by the wrapper.
+    constraints: tuple[tuple[sp.Basic, str], ...] = ()
 
     kind: ClassVar[str] = ""
     formula_symbols: ClassVar[frozenset[sp.Symbol]] = frozenset()
@@ -178,6 +180,11 @@ class OpSpec:
                 raise _fail(self.name, "params", f"parameter name {p.name!r} is reserved",
                             "rename it")
             seen.add(p.name)
+        names = {p.symbol for p in self.params}
+        for condition, _ in self.constraints:
+            if not condition.free_symbols <= names | self.allowed_symbols():
+                raise _fail(self.name, "constraints", f"{condition} uses unknown symbols",
+                            "write constraints over the op's parameters")
         self._check_formulas()
 
     # -- helpers for subclasses ------------------------------------------------------------------

@@ -91,3 +91,8 @@ def test_empty_arrays():
         assert np.isnan(K.mse_loss_forward(e, e))  # mean of nothing, as torch
         loss, grad = K.cross_entropy_forward_backward(e, np.empty(0, np.int64), reduction="sum")
         assert loss == 0 and grad.shape == (0, 4)
+
+
+def test_cross_parameter_constraints():
+    with pytest.raises(ValueError, match="min_val cannot be greater than max_val"):
+        K.hardtanh_forward(np.ones(3), min_val=2.0, max_val=1.0)

@@ -31,34 +31,34 @@ erf_f64 = _vecmath.erf_f64
 @njit(cache=True, error_model="numpy", forceinline=True)
 def sigmoid_f32(z):
     """The logistic function 1 / (1 + e^-z). (float32). Stable form: Piecewise((1/(1 + exp(-z)), z >= 0), (exp(z)/(exp(z) + 1), True))"""
-    return ((np.float32(1.0)/((np.float32(1.0) + exp_f32(-z)))) if (z >= np.float32(0.0)) else exp_f32(z)/(exp_f32(z) + np.float32(1.0)))
+    return ((np.float32(1.0)/((np.float32(1.0) + exp_f32(-(z))))) if (z >= np.float32(0.0)) else exp_f32(z)/(exp_f32(z) + np.float32(1.0)))
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
 @njit(cache=True, error_model="numpy", forceinline=True)
 def sigmoid_f64(z):
     """The logistic function 1 / (1 + e^-z). (float64). Stable form: Piecewise((1/(1 + exp(-z)), z >= 0), (exp(z)/(exp(z) + 1), True))"""
-    return ((1.0/((1.0 + exp_f64(-z)))) if (z >= 0.0) else exp_f64(z)/(exp_f64(z) + 1.0))
+    return ((1.0/((1.0 + exp_f64(-(z))))) if (z >= 0.0) else exp_f64(z)/(exp_f64(z) + 1.0))
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
 @njit(cache=True, error_model="numpy", forceinline=True)
 def softplus_f32(z):
     """log(1 + e^z), the smooth ReLU. (float32). Stable form: Piecewise((z + log1p(exp(-z)), z > 0), (log1p(exp(z)), True))"""
-    return (z + log1p_f32(exp_f32(-z)) if (z > np.float32(0.0)) else log1p_f32(exp_f32(z)))
+    return (z + log1p_f32(exp_f32(-(z))) if (z > np.float32(0.0)) else log1p_f32(exp_f32(z)))
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
 @njit(cache=True, error_model="numpy", forceinline=True)
 def softplus_f64(z):
     """log(1 + e^z), the smooth ReLU. (float64). Stable form: Piecewise((z + log1p(exp(-z)), z > 0), (log1p(exp(z)), True))"""
-    return (z + log1p_f64(exp_f64(-z)) if (z > 0.0) else log1p_f64(exp_f64(z)))
+    return (z + log1p_f64(exp_f64(-(z))) if (z > 0.0) else log1p_f64(exp_f64(z)))
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
 @njit(cache=True, error_model="numpy", forceinline=True)
 def logsigmoid_f32(z):
     """log σ(z) = -softplus(-z). (float32). Stable form: Piecewise((-log1p(exp(-z)), z > 0), (z - log1p(exp(z)), True))"""
-    return (-log1p_f32(exp_f32(-z)) if (z > np.float32(0.0)) else z - log1p_f32(exp_f32(z)))
+    return (-(log1p_f32(exp_f32(-(z)))) if (z > np.float32(0.0)) else z - (log1p_f32(exp_f32(z))))
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.
 @njit(cache=True, error_model="numpy", forceinline=True)
 def logsigmoid_f64(z):
     """log σ(z) = -softplus(-z). (float64). Stable form: Piecewise((-log1p(exp(-z)), z > 0), (z - log1p(exp(z)), True))"""
-    return (-log1p_f64(exp_f64(-z)) if (z > 0.0) else z - log1p_f64(exp_f64(z)))
+    return (-(log1p_f64(exp_f64(-(z)))) if (z > 0.0) else z - (log1p_f64(exp_f64(z))))

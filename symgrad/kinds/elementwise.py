@@ -35,7 +35,7 @@ from symgrad.derive import (
 )
 from symgrad.functions import explicit_form
 from symgrad.kinds import Kind, register_kind
-from symgrad.printer import DTYPES
+from symgrad.printer import DTYPES, print_expr
 from symgrad.spec import Elementwise, X, Y
 
 # Points per dtype for the backward-form measurement (log-uniform magnitudes, both signs).
@@ -273,6 +273,8 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
             "output_note": d.output_form_note}
     return {
         "body": body, "text": text, "params": param_context(d.spec),
+        "constraints": [{"test": print_expr(c, "float64"), "message": m}
+                        for c, m in d.spec.constraints],
         # For the wrapper: which backward form to prefer when both x and y are passed, and a
         # conditional output form with the parameter check its y-path needs (not wired yet).
         "prefer_y": {dt: c.form == "y" for dt, c in d.backward_choice.items()},

@@ -36,7 +36,15 @@ from symgrad.kinds.parametric import Learnable, Parametric
 from symgrad.kinds.random_slope import RandomElementwise, UniformNoise
 from symgrad.kinds.split import SplitConcat
 from symgrad.kinds.variants import ElementwiseVariants
-from symgrad.spec import LSE, Elementwise, LogSumExpRowwise, Param, TorchRef, X, register
+from symgrad.spec import (
+    LSE,
+    Elementwise,
+    LogSumExpRowwise,
+    Param,
+    TorchRef,
+    X,
+    register,
+)
 
 F = "torch.nn.functional."
 
@@ -124,6 +132,7 @@ register(Elementwise(
     summary="clamp(x, min_val, max_val); gradient 0 at both bounds.",
     params=(Param("min_val", -1.0, "lower bound"), Param("max_val", 1.0, "upper bound")),
     forward=sp.Piecewise((_min_val, X <= _min_val), (_max_val, X >= _max_val), (X, True)),
+    constraints=((_min_val <= _max_val, "min_val cannot be greater than max_val"),),
     torch=TorchRef(F + "hardtanh"), latex_name=r"\operatorname{hardtanh}",
 ))
 
