@@ -197,6 +197,9 @@ def draw_params(draw, spec, dtype) -> tuple[dict, bool]:
         value = param_value(draw, p)
         params[p.name] = value
         valid = valid and bool(param_is_valid(p, value, dtype))
+    if valid:  # cross-parameter constraints (hardtanh's min_val <= max_val) are documented too
+        values = {p.symbol: float(params.get(p.name, p.default)) for p in spec.numeric_params}
+        valid = all(bool(cond.subs(values)) for cond, _ in getattr(spec, "constraints", ()))
     return params, valid
 
 
