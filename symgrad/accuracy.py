@@ -32,12 +32,15 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import mpmath
 import numpy as np
@@ -64,33 +67,73 @@ def _mp_lambdify(symbols: Sequence[sp.Symbol], expr: sp.Expr) -> Callable:
     return mp_lambdify(list(symbols), expr)
 
 
-def _spec(key: str):
-    """An op by name, or one formula of a variants op as ``name|choice``."""
+# A sweep of a user's spec file: its path goes to the worker processes (which look ops up by
+# name) through the environment, and its package is generated into a temporary folder.
+SPEC_FILE_ENV = "SYMGRAD_ACCURACY_SPEC"
+accepts_spec_files = True  # `python -m symgrad accuracy --spec FILE` checks for this
+_user_kernels: ModuleType | None = None
+
+
+@cache
+def _catalog() -> dict[str, Any]:
+    """The ops being swept, by name: the built-in catalog, or the spec file's ops."""
+    path = os.environ.get(SPEC_FILE_ENV)
+    if path:
+        from symgrad.specfile import load_spec_file
+
+        return {s.name: s for s in load_spec_file(path).ops}
     from symgrad.render import all_specs
 
+    return {s.name: s for s in all_specs()}
+
+
+def _kernels() -> ModuleType:
+    """The generated package under test: symgrad_kernels, or the user's package."""
+    if _user_kernels is not None:
+        return _user_kernels
+    import symgrad_kernels
+
+    return symgrad_kernels
+
+
+def _spec(key: str):
+    """An op by name, or one formula of a variants op as ``name|choice``."""
     name, _, choice = key.partition("|")
-    spec = {s.name: s for s in all_specs()}[name]
+    spec = _catalog()[name]
     return spec.variant_spec(choice) if choice else spec
 
 
 @cache
 def _elementwise_refs(op: str) -> tuple[Callable, Callable, Callable]:
-    """(x -> (f, f'), textbook f, textbook f') for op at its default parameters; f and f' in
-    one function with their common subexpressions shared (half the mpmath calls)."""
+    """(f and f' together, textbook f, textbook f') for op at its default parameters, as
+    functions of x (and t, the target, for a loss); f and f' in one function with their common
+    subexpressions shared (half the mpmath calls)."""
     from symgrad.derive import default_subs, mp_lambdify, spec_rewrites, stabilize
     from symgrad.functions import elementary_form
     from symgrad.rewrite import REFERENCE_EXTRA
-    from symgrad.spec import X
+    from symgrad.spec import T, X
 
     spec = _spec(op)
     subs = default_subs(spec)
+    if spec.kind == "elementwise_loss":  # ℓ(x, t), optional tensors (weight...) at their default
+        args, formula = [X, T], spec.loss
+        subs |= {p.symbol: float(p.default) for p in spec.tensor_params}
+    else:
+        args, formula = [X], spec.forward
     rewrites = (*spec_rewrites(spec), *REFERENCE_EXTRA)
-    grad = sp.piecewise_fold(sp.diff(spec.forward, X))
-    pair = [stabilize(spec.forward, rewrites).subs(subs), stabilize(grad, rewrites).subs(subs)]
-    both = sp.lambdify([X], pair, modules=[_MP_LIBRARY, "mpmath"], cse=True)
-    tf = mp_lambdify([X], elementary_form(spec.forward).subs(subs))
-    td = mp_lambdify([X], elementary_form(grad).subs(subs))
+    grad = sp.piecewise_fold(sp.diff(formula, X))
+    pair = [stabilize(formula, rewrites).subs(subs), stabilize(grad, rewrites).subs(subs)]
+    both = sp.lambdify(args, pair, modules=[_MP_LIBRARY, "mpmath"], cse=True)
+    tf = mp_lambdify(args, elementary_form(formula).subs(subs))
+    td = mp_lambdify(args, elementary_form(grad).subs(subs))
     return both, tf, td
+
+
+def _operands(point) -> tuple[float, list[mpmath.mpf]]:
+    """A sweep point: x, or (x, t) for a loss; t is always finite."""
+    if isinstance(point, tuple | list):
+        return point[0], [mpmath.mpf(v) for v in point[1:]]
+    return point, []
 
 
 _MP_LIBRARY = {
@@ -135,18 +178,22 @@ def _limit(fn: Callable, sign: int) -> tuple:
 
 
 def _elementwise_chunk(args: tuple) -> list[tuple[float, float, float, float]]:
-    """(op, xs[, digits]) -> (f hi, f lo, f' hi, f' lo) per x."""
+    """(op, points[, digits]) -> (f hi, f lo, f' hi, f' lo) per point (x, or (x, t))."""
     op, xs = args[0], args[1]
     digits = args[2] if len(args) > 2 else DIGITS
     both, _, _ = _elementwise_refs(op)
     out = []
     with mpmath.workdps(digits):
-        for v in xs:
+        for point in xs:
+            v, rest = _operands(point)
             if math.isnan(v):
                 out.append((math.nan, 0.0, math.nan, 0.0))
                 continue
             try:
-                f, d = _limit(both, 1 if v > 0 else -1) if math.isinf(v) else both(mpmath.mpf(v))
+                if math.isinf(v):
+                    f, d = _limit(lambda z, rest=rest: both(z, *rest), 1 if v > 0 else -1)
+                else:
+                    f, d = both(mpmath.mpf(v), *rest)
             except (ZeroDivisionError, ValueError, OverflowError):
                 f, d = mpmath.nan, mpmath.nan
             out.append((*_split(mpmath.mpf(f)), *_split(mpmath.mpf(d))))
@@ -168,13 +215,14 @@ def _spot_check_chunk(args: tuple) -> float:
     digits = args[2] if len(args) > 2 else DIGITS
     both, tf, td = _elementwise_refs(op)
     worst = mpmath.mpf(0)
-    for v in xs:
+    for point in xs:
+        v, rest = _operands(point)
         x = mpmath.mpf(v)
         with mpmath.workdps(digits):
-            refs = [mpmath.mpf(a) for a in both(x)]
+            refs = [mpmath.mpf(a) for a in both(x, *rest)]
         for a, book in zip(refs, (tf, td), strict=True):
             with mpmath.workdps(600):
-                b = _eval(book, x)
+                b = _eval(book, x, *rest)
             if mpmath.isfinite(a) and mpmath.isfinite(b):
                 worst = max(worst, abs(a - b) / max(abs(b), mpmath.mpf(10) ** -300))
     return float(worst)
@@ -183,10 +231,9 @@ def _spot_check_chunk(args: tuple) -> float:
 @cache
 def _rowwise_refs(op: str):
     from symgrad.derive import LS, XM, derive
-    from symgrad.render import all_specs
     from symgrad.spec import Y
 
-    spec = {s.name: s for s in all_specs()}[op]
+    spec = _spec(op)
     d = derive(spec)
     # y in terms of xm = sign·x - max and ls = log Σ e^xm: at 50 digits, x - L itself would
     # cancel for |x| near 1e308 (L carries 1e258 of absolute error there).
@@ -390,9 +437,8 @@ def _kernel_chunk() -> int:
     """Call kernels on pieces below the parallel threshold: only the serial loops compile (the
     parallel ones run the same per-element code)."""
     try:
-        from symgrad_kernels import _runtime
-
-        return max(1, min(16384, int(_runtime.PARALLEL_MIN_SIZE) - 1))
+        runtime = _kernels()._runtime
+        return max(1, min(16384, int(runtime.PARALLEL_MIN_SIZE) - 1))
     except (ImportError, AttributeError):
         return 16384
 
@@ -414,8 +460,6 @@ def sweep_elementwise(spec, dtypes: Sequence[str], n: int, jobs: int, key: str |
     """``key``/``options``: a variants op's formula (``name|choice``) and its kernel option."""
     from functools import partial
 
-    import symgrad_kernels as K
-
     from symgrad.derive import branch_thresholds, derive
     from symgrad.spec import X
 
@@ -424,6 +468,7 @@ def sweep_elementwise(spec, dtypes: Sequence[str], n: int, jobs: int, key: str |
     label = spec.name + "".join(f" [{k}={v!r}]" for k, v in options.items())
     d = derive(spec)
     thresholds = branch_thresholds(spec, spec.forward, X)
+    K = _kernels()
     fwd = partial(getattr(K, f"{spec.name}_forward"), **options)
     bwd = partial(getattr(K, f"{spec.name}_backward"), **options)
     fused = partial(getattr(K, f"{spec.name}_forward_backward"), **options)
@@ -475,6 +520,110 @@ def sweep_elementwise(spec, dtypes: Sequence[str], n: int, jobs: int, key: str |
     return results, notes
 
 
+@cache
+def _loss_term_sizes(op: str) -> Callable:
+    """(x, t) -> (Σ|terms| of ℓ, Σ|terms| of ∂ℓ/∂x), the top-level terms of the stabilized
+    formulas: a loss is typically a difference (x·(1 - t) - log σ(x)) that cancels near its
+    minimum, and no rounding of the terms can do better than eps · Σ|terms| there."""
+    from symgrad.derive import default_subs, spec_rewrites, stabilize
+    from symgrad.rewrite import REFERENCE_EXTRA
+    from symgrad.spec import T, X
+
+    spec = _spec(op)
+    subs = default_subs(spec) | {p.symbol: float(p.default) for p in spec.tensor_params}
+    rewrites = (*spec_rewrites(spec), *REFERENCE_EXTRA)
+    sizes = []
+    for formula in (spec.loss, sp.piecewise_fold(sp.diff(spec.loss, X))):
+        stable = sp.expand(stabilize(formula, rewrites).subs(subs), deep=False)
+        sizes.append(sp.Add(*[sp.Abs(term) for term in sp.Add.make_args(stable)]))
+    return sp.lambdify([X, T], sizes, modules=[_MP_LIBRARY, "mpmath"])
+
+
+def _loss_terms_chunk(args: tuple) -> list[tuple[float, float]]:
+    op, points = args
+    sizes = _loss_term_sizes(op)
+    out = []
+    with mpmath.workdps(30):
+        for x, t in points:
+            try:
+                out.append(tuple(float(v) for v in sizes(mpmath.mpf(x), mpmath.mpf(t))))
+            except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+                out.append((math.nan, math.nan))
+    return out
+
+
+def loss_targets(xs: np.ndarray, seed: int = 4) -> np.ndarray:
+    """A target beside each x: labels 0 and 1, probabilities U(0, 1), moderate values of both
+    signs, and x itself nudged by a few ULPs (where a distance x - t cancels)."""
+    rng = np.random.default_rng(seed)
+    dt = xs.dtype
+    kind = rng.integers(0, 4, xs.size)
+    labels = rng.integers(0, 2, xs.size).astype(np.float64)
+    probs = rng.uniform(0, 1, xs.size)
+    moderate = rng.choice([-1.0, 1.0], xs.size) * 10.0 ** rng.uniform(-4, math.log10(300.0),
+                                                                       xs.size)
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = xs.astype(np.float64) * (1 + rng.integers(-4, 5, xs.size) *
+                                        float(np.finfo(dt).eps))
+        t = np.select([kind == 0, kind == 1, kind == 2], [labels, probs, moderate], near).astype(dt)
+    return np.where(np.isfinite(t), t, dt.type(0.5))
+
+
+def sweep_elementwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
+                           ) -> tuple[list, list]:
+    """ℓ(x, t) with reduction='none' and its gradient in x, at default parameters and no
+    weight tensors, over the elementwise points paired with ``loss_targets``."""
+    from symgrad.derive import branch_thresholds
+    from symgrad.spec import X
+
+    K = _kernels()
+    fwd = getattr(K, f"{spec.name}_forward")
+    bwd = getattr(K, f"{spec.name}_backward")
+    fused = getattr(K, f"{spec.name}_forward_backward")
+    results, notes = [], []
+    for dtype in dtypes:
+        dt = np.dtype(dtype)
+        xs = elementwise_points(dtype, n, branch_thresholds(spec, spec.loss, X))
+        ts = loss_targets(xs)
+        specials = np.array([np.nan, np.inf, -np.inf] * 3, dtype=dt)
+        all_x = np.concatenate([xs, specials])
+        all_t = np.concatenate([ts, np.repeat(np.array([0.0, 0.5, 1.0], dtype=dt), 3)])
+        points = [(float(a), float(b)) for a, b in zip(all_x, all_t, strict=True)]
+        digits = _working_digits(spec.name, xs, jobs, targets=ts)
+        if digits != DIGITS:
+            notes.append(f"{spec.name} {dtype}: the reference form cancels at {DIGITS} digits; "
+                         f"evaluated at {digits}")
+        table = np.array([r for chunk in _parallel_map(
+            _elementwise_chunk, [(spec.name, c, digits) for c in _chunks(points, 2000)], jobs)
+            for r in chunk])
+        f_hi, f_lo, d_hi, d_lo = table.T
+        f_size, d_size = np.array([r for chunk in _parallel_map(
+            _loss_terms_chunk, [(spec.name, c) for c in _chunks(points, 2000)], jobs)
+            for r in chunk]).T
+        ones = np.ones_like(all_x)
+        with np.errstate(all="ignore"):
+            loss = _call(lambda x, t: fwd(x, t, reduction="none"), all_x, all_t)
+            grad = _call(lambda x, t, g: bwd(x, t, g, reduction="none"), all_x, all_t, ones)
+            loss2, grad2 = _call(lambda x, t, g: fused(x, t, g, reduction="none"),
+                                 all_x, all_t, ones)
+        finite = np.isfinite(all_x)
+        for form, role, got, hi, lo, size in (
+                ("forward (reduction='none')", "forward", loss, f_hi, f_lo, f_size),
+                ("backward", "backward", grad, d_hi, d_lo, d_size),
+                ("fused loss", "forward", loss2, f_hi, f_lo, f_size),
+                ("fused grad", "backward", grad2, d_hi, d_lo, d_size)):
+            r = measure(spec.name, form, dtype, role, all_x.astype(np.float64), got, hi, lo,
+                        finite, scale_given=np.nan_to_num(size, nan=0.0, posinf=0.0))
+            for k in np.flatnonzero(~finite):
+                x, t = float(all_x[k]), float(all_t[k])
+                if _special(spec.name, form, x, float(got[k]), hi[k], dtype):
+                    r.special_failures.append(f"{form}({x}; t {t}) = {float(got[k])}, "
+                                              f"want {float(dt.type(hi[k]))}")
+            results.append(r)
+        notes.append(_spot_check(spec.name, xs, jobs, dtype, digits, targets=ts))
+    return results, notes
+
+
 def sweep_variants(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list, list]:
     """Each formula of an op whose string option selects it (gelu's approximate)."""
     results, notes = [], []
@@ -486,16 +635,21 @@ def sweep_variants(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list
     return results, notes
 
 
-def _working_digits(key: str, xs: np.ndarray, jobs: int) -> int:
+def _working_digits(key: str, xs: np.ndarray, jobs: int, targets: np.ndarray | None = None
+                    ) -> int:
     """50 digits, or more where the reference form itself cancels (x - tanh(x) ≈ x³/3 at
     x = 1e-30 loses 60 digits): the reference at d digits must agree with itself at 2d digits
-    to 1e-30 on a sample spanning the sweep's magnitudes, else d grows (up to 400)."""
+    to 1e-30 on a sample spanning the sweep's magnitudes, else d grows (up to 400).
+    ``targets``: a loss's t beside each x."""
     rng = np.random.default_rng(3)
-    mags = np.abs(xs[xs != 0])
-    order = np.argsort(mags)
-    sample = np.concatenate([xs[xs != 0][order[:40]], xs[xs != 0][order[-20:]],
-                             rng.choice(xs, min(200, xs.size), replace=False)])
-    pts = sorted({float(v) for v in sample})
+    nonzero = np.flatnonzero(xs != 0)
+    order = nonzero[np.argsort(np.abs(xs[nonzero]))]
+    picked = np.concatenate([order[:40], order[-20:], rng.choice(xs.size, min(200, xs.size),
+                                                                 replace=False)])
+    if targets is None:
+        pts: list = sorted({float(xs[i]) for i in picked})
+    else:
+        pts = sorted({(float(xs[i]), float(targets[i])) for i in picked})
     for digits in (DIGITS, 150, 400):
         low = [r for c in _parallel_map(_elementwise_chunk, [(key, c, digits) for c in
                                                              _chunks(pts, 100)], jobs) for r in c]
@@ -515,11 +669,14 @@ def _same_value(a: float, b: float) -> bool:
     return a == b or abs(a - b) <= 1e-30 * abs(b)
 
 
-def _spot_check(op: str, xs: np.ndarray, jobs: int, dtype: str, digits: int = DIGITS) -> str:
-    moderate = xs[(np.abs(xs) > 1e-6) & (np.abs(xs) < 50)]
+def _spot_check(op: str, xs: np.ndarray, jobs: int, dtype: str, digits: int = DIGITS,
+                targets: np.ndarray | None = None) -> str:
+    moderate = np.flatnonzero((np.abs(xs) > 1e-6) & (np.abs(xs) < 50))
     rng = np.random.default_rng(1)
-    pick = [float(v) for v in rng.choice(moderate, min(SPOT_CHECKS, moderate.size),
-                                         replace=False)] if moderate.size else []
+    chosen = rng.choice(moderate, min(SPOT_CHECKS, moderate.size), replace=False) \
+        if moderate.size else []
+    pick = [float(xs[i]) if targets is None else (float(xs[i]), float(targets[i]))
+            for i in chosen]
     worst = max(_parallel_map(_spot_check_chunk, [(op, c, digits) for c in _chunks(pick, 100)],
                               jobs), default=0.0)
     status = "ok" if worst < 1e-40 else "MISMATCH"
@@ -561,8 +718,7 @@ def rowwise_rows(dtype: str, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def sweep_rowwise(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list, list]:
-    import symgrad_kernels as K
-
+    K = _kernels()
     fwd = getattr(K, f"{spec.name}_forward")
     bwd = getattr(K, f"{spec.name}_backward")
     fused = getattr(K, f"{spec.name}_forward_backward")
@@ -603,13 +759,11 @@ def sweep_rowwise(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list,
 
 def _rowwise_specials(spec, dtype: str, results: list[FormResult], jobs: int) -> None:
     """Rows with nan (nan out) and one ±inf entry (the limit, e.g. softmax -> one-hot)."""
-    import symgrad_kernels as K
-
     dt = np.dtype(dtype)
     cases = [[np.nan, 1.0, 2.0], [np.inf, 1.0, 2.0], [-np.inf, 1.0, 2.0]]
     tasks = [(spec.name, [c], [[0.5, -1.0, 2.0]]) for c in cases]
     refs = [chunk[0] for chunk in _parallel_map(_rowwise_chunk, tasks, 1)]
-    fwd = getattr(K, f"{spec.name}_forward")
+    fwd = getattr(_kernels(), f"{spec.name}_forward")
     for c, ref in zip(cases, refs, strict=True):
         with np.errstate(all="ignore"):
             y = fwd(np.array(c, dtype=dt))
@@ -622,7 +776,7 @@ def _rowwise_specials(spec, dtype: str, results: list[FormResult], jobs: int) ->
 
 
 SWEEPS = {"elementwise": sweep_elementwise, "rowwise": sweep_rowwise,
-          "variants": sweep_variants}
+          "variants": sweep_variants, "elementwise_loss": sweep_elementwise_loss}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -642,11 +796,15 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _judged_by_scale(spec, r: FormResult) -> bool:
+    """Softmax-type VJPs and elementwise losses cancel by nature: judged by the scaled error."""
+    return (spec.kind == "rowwise" and r.role == "backward") or spec.kind == "elementwise_loss"
+
+
 def render(results: list[FormResult], notes: list[str], skipped: list[str], meta: dict) -> str:
     from symgrad.derive import derive
-    from symgrad.render import all_specs
 
-    specs = {s.name: s for s in all_specs()}
+    specs = _catalog()
     lines = [
         "# Accuracy of the generated kernels",
         "",
@@ -675,14 +833,18 @@ def render(results: list[FormResult], notes: list[str], skipped: list[str], meta
         f"Targets: forward ≤ {TARGETS['forward']:g} ULP; default backward (from x, and the "
         f"fused gradient) ≤ {TARGETS['backward']:g} ULP where the true value is normal. For the "
         "softmax family's VJPs, which cancel by nature (s ⊙ (g − ⟨g, s⟩)), the target applies to "
-        "the scaled error. Backward from y (the memory-saving path) is measured against f′(x) "
+        "the scaled error; so it does for the elementwise losses ℓ(x, t) (reduction='none', "
+        "targets: labels 0 and 1, probabilities, moderate values of both signs and x itself "
+        "nudged by a few ULPs), whose formulas are differences that cancel near the minimum: "
+        "their scale is the sum of the sizes of the formula's terms. "
+        "Backward from y (the memory-saving path) is measured against f′(x) "
         "after y was rounded by the forward kernel; it has no target of its own, and where it is "
         "ill-conditioned the scaled error says by how much.",
         "",
     ]
     misses = []
     for r in results:
-        scaled = specs[r.op].kind == "rowwise" and r.role == "backward"
+        scaled = _judged_by_scale(specs[r.op], r)
         problems = r.misses(scaled=scaled) if r.role != "backward-y" else (
             [f"{r.nonfinite} finite inputs give inf/nan"] if r.nonfinite else []) + \
             r.special_failures
@@ -745,7 +907,7 @@ def _reason(r: FormResult, spec) -> str:
         reasons.append("an intermediate overflows although the result is finite: a product "
                        "whose large factor meets a constant before the small one")
     if ulp_miss:
-        if r.role == "backward" and r.max_scaled <= (r.target or 0):
+        if _judged_by_scale(spec, r) and r.max_scaled <= (r.target or 0):
             pass  # a VJP: judged by the scaled error
         elif r.max_scaled <= (r.target or 0):
             reasons.append(f"small against the values nearby (scaled {_fmt(r.max_scaled)} "
@@ -767,16 +929,52 @@ def _reason(r: FormResult, spec) -> str:
 
 # -- entry point -----------------------------------------------------------------------------------
 
+def use_spec_file(path: str | Path, out: str | Path) -> ModuleType:
+    """Sweep a user's spec file: its ops replace the catalog, and its package is generated into
+    ``out`` (a folder of the caller's, e.g. a temporary one) and imported from there."""
+    global _user_kernels
+    from symgrad.specfile import load_spec_file, package_from_path
+    from symgrad.userops import generate
+
+    loaded = load_spec_file(path)  # a bad file fails here, before anything is written
+    os.environ[SPEC_FILE_ENV] = str(Path(path).resolve())
+    _forget_ops()
+    package = loaded.package or package_from_path(Path(path))
+    _user_kernels = generate(loaded.ops, package=package, out=out).load()
+    return _user_kernels
+
+
+def use_catalog() -> None:
+    """Back to the built-in catalog (after ``use_spec_file``)."""
+    global _user_kernels
+    os.environ.pop(SPEC_FILE_ENV, None)
+    if _user_kernels is not None:  # unload it: its folder is about to be deleted
+        package = _user_kernels.__name__
+        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[name]
+        folder = str(Path(_user_kernels.__file__).resolve().parent.parent)
+        if folder in sys.path:
+            sys.path.remove(folder)
+    _user_kernels = None
+    _forget_ops()
+
+
+def _forget_ops() -> None:
+    """Op lookups and references are cached by name; a spec file may reuse a name."""
+    for cached in (_catalog, _elementwise_refs, _loss_term_sizes, _rowwise_refs):
+        cached.cache_clear()
+
+
 def run(names: Sequence[str] | None, n: int, dtypes: Sequence[str], jobs: int
         ) -> tuple[list[FormResult], list[str], list[str]]:
-    from symgrad.render import all_specs
-
-    specs = all_specs()
+    specs = list(_catalog().values())
     if names:
-        by_name = {s.name: s for s in specs}
+        by_name = _catalog()
         unknown = [x for x in names if x not in by_name]
         if unknown:
-            raise ValueError(f"unknown op(s) {', '.join(unknown)}; `python -m symgrad list`")
+            where = "in the spec file" if os.environ.get(SPEC_FILE_ENV) else \
+                "`python -m symgrad list` shows all"
+            raise ValueError(f"unknown op(s) {', '.join(unknown)}; {where}")
         specs = [by_name[x] for x in names]
     results, notes, skipped = [], [], []
     for spec in specs:
@@ -797,8 +995,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m symgrad accuracy",
         description="Sweep every kernel against mpmath at 50 digits; write ACCURACY.md.")
     parser.add_argument("ops", nargs="*", metavar="OP", help="ops to sweep (default: all)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT),
-                        help="the Markdown report to write (default: ACCURACY.md; '-' prints)")
+    parser.add_argument("--spec", metavar="FILE",
+                        help="sweep the ops of a TOML spec file (generated into a temporary "
+                             "folder) instead of the catalog; the report is printed unless "
+                             "--out is given")
+    parser.add_argument("--out", default=None,
+                        help="the Markdown report to write (default: ACCURACY.md, or '-' with "
+                             "--spec; '-' prints)")
     parser.add_argument("--points", type=int, default=DEFAULT_POINTS,
                         help=f"points per op and dtype (default {DEFAULT_POINTS:,})")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPE_NAMES, default=list(DTYPE_NAMES))
@@ -807,23 +1010,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.points < 100:
         parser.error("--points must be at least 100")
+    out = args.out or ("-" if args.spec else str(DEFAULT_OUT))
     start = time.perf_counter()
     try:
-        results, notes, skipped = run(args.ops, args.points, args.dtypes, args.jobs)
-    except ValueError as exc:
+        with tempfile.TemporaryDirectory(prefix="symgrad-accuracy-") as tmp:
+            if args.spec:
+                use_spec_file(args.spec, tmp)
+            results, notes, skipped = run(args.ops, args.points, args.dtypes, args.jobs)
+            command = "python -m symgrad accuracy" + (
+                f" --spec {args.spec}" if args.spec else "") + (
+                f" {' '.join(args.ops)}" if args.ops else "") + (
+                f" --points {args.points}" if args.points != DEFAULT_POINTS else "")
+            meta = {"points": args.points, "dtypes": args.dtypes, "jobs": args.jobs,
+                    "seconds": time.perf_counter() - start, "command": command}
+            text = render(results, notes, skipped, meta)
+            specs = _catalog()
+            failed = any(r.misses(scaled=_judged_by_scale(specs[r.op], r)) for r in results
+                         if r.role != "backward-y")
+    except (ValueError, OSError) as exc:  # unknown ops, a bad spec file (SpecError)
         print(f"symgrad accuracy: {exc}", file=sys.stderr)
         return 2
-    command = "python -m symgrad accuracy" + (f" {' '.join(args.ops)}" if args.ops else "") + (
-        f" --points {args.points}" if args.points != DEFAULT_POINTS else "")
-    meta = {"points": args.points, "dtypes": args.dtypes, "jobs": args.jobs,
-            "seconds": time.perf_counter() - start, "command": command}
-    text = render(results, notes, skipped, meta)
-    if args.out == "-":
+    finally:
+        if args.spec:
+            use_catalog()
+    if out == "-":
         sys.stdout.write(text)
     else:
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    failed = any(r.misses() for r in results if r.role != "backward-y")
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -4,6 +4,7 @@ committed ACCURACY.md (written by the command, covering every swept op of the ca
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import mpmath
@@ -125,3 +126,87 @@ def test_committed_report_covers_every_swept_op():
     swept = [s.name for s in all_specs() if s.kind in accuracy.SWEEPS]
     missing = [name for name in swept if f"| {name} | forward" not in text]
     assert not missing, f"ACCURACY.md is stale, run `python -m symgrad accuracy`: {missing}"
+
+
+def test_elementwise_loss_sweep_judges_the_cancelling_loss_by_its_terms():
+    """BCE with logits, x·(1 - t) - log σ(x), cancels near its minimum: measured against the
+    size of its terms it is accurate; nan in gives nan out."""
+    spec = next(s for s in all_specs() if s.name == "binary_cross_entropy_with_logits")
+    results, notes = accuracy.sweep_elementwise_loss(spec, ["float64"], 400, 1)
+    by_form = {r.form: r for r in results}
+    assert set(by_form) == {"forward (reduction='none')", "backward", "fused loss",
+                            "fused grad"}
+    for r in results:
+        assert r.points >= 400
+        assert r.max_scaled <= accuracy.TARGETS[r.role], (r.form, r.max_scaled)
+        assert not any("nan" in f.split("want")[1] for f in r.special_failures
+                       if "(nan" in f), r.special_failures
+    assert any("reference vs textbook form" in n and "(ok)" in n for n in notes)
+
+
+def test_loss_targets_cover_labels_probabilities_and_cancellation():
+    xs = accuracy.elementwise_points("float32", 4000, [])
+    ts = accuracy.loss_targets(xs)
+    assert ts.dtype == np.float32 and np.isfinite(ts).all()
+    assert (ts == 0).any() and (ts == 1).any() and ((ts > 0) & (ts < 1)).any()
+    with np.errstate(over="ignore"):
+        near = np.abs(ts - xs) <= 8 * np.spacing(np.abs(xs))
+    assert near.sum() > len(xs) // 8  # t ≈ x, where x - t cancels
+
+
+SPEC_FILE = '''
+package = "acc_user_kernels"
+
+[activations]
+double_sigmoid = "2 * sigmoid(x)"
+
+[losses.square_error]
+formula = "(x - t)**2"
+reduction = "mean"
+'''
+
+
+def test_sweep_of_a_spec_file_reports_its_ops_and_restores_the_catalog(tmp_path):
+    spec = tmp_path / "ops.toml"
+    spec.write_text(SPEC_FILE)
+    out = tmp_path / "ACCURACY.md"
+    rc = accuracy.main(["--spec", str(spec), "--points", "300", "--jobs", "1",
+                        "--out", str(out)])
+    text = out.read_text()
+    assert rc == 0, text
+    assert f"--spec {spec}" in text
+    for needle in ("| double_sigmoid | forward | float32 |",
+                   "| double_sigmoid | backward(y=) | float64 |",
+                   "| square_error | forward (reduction='none') | float64 |",
+                   "| square_error | fused grad | float32 |"):
+        assert needle in text, needle
+    assert "| sigmoid |" not in text  # the user's ops only
+    import symgrad_kernels
+
+    assert accuracy._kernels() is symgrad_kernels
+    assert accuracy.SPEC_FILE_ENV not in os.environ
+    assert "sigmoid" in accuracy._catalog()
+
+
+def test_sweep_of_a_spec_file_refuses_unknown_ops_and_bad_files(tmp_path, capsys):
+    spec = tmp_path / "ops.toml"
+    spec.write_text(SPEC_FILE)
+    assert accuracy.main(["--spec", str(spec), "sigmoid", "--points", "100"]) == 2
+    assert "unknown op(s) sigmoid; in the spec file" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[activations]\nevil = "__import__(\'os\').system(\'true\')"\n')
+    assert accuracy.main(["--spec", str(bad), "--points", "100"]) == 2
+    assert "evil" in capsys.readouterr().err
+    assert accuracy.SPEC_FILE_ENV not in os.environ
+
+
+def test_cli_sweeps_a_spec_file(tmp_path, capsys):
+    from symgrad.cli import main
+
+    spec = tmp_path / "ops.toml"
+    spec.write_text(SPEC_FILE)
+    assert main(["accuracy", "--spec", str(spec), "--", "double_sigmoid", "--points", "200",
+                 "--jobs", "1", "--dtypes", "float32"]) == 0
+    printed = capsys.readouterr().out  # a spec file's report is printed, not written
+    assert "| double_sigmoid | forward | float32 |" in printed
+    assert not (tmp_path / "ACCURACY.md").exists()
