@@ -5,6 +5,8 @@ Every library runs in this one process on the same input arrays; each time is th
 repeated calls after a warm-up call (which compiles Numba and XLA code). A plain memory copy of the
 input (np.copyto) is timed as the floor no pass can beat. The symgrad result of each pass is the
 reference: a library whose result disagrees, or comes back in another dtype, is flagged.
+Optimizer steps also time a kernel with the step's memory traffic and no arithmetic (the notes
+give each step's multiple of it): an in-place step over 10^7 parameters cannot beat that floor.
 
     python scripts/bench.py                   # every op, 10^3, 10^5 and 10^7 elements
     python scripts/bench.py --quick           # 10^3 and 10^5 only: a smoke run
@@ -242,6 +244,17 @@ def _np_adam(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, t: int)
 STEPS: tuple[Step, ...] = (Step("adam", _np_adam, "Adam"),)
 
 
+@numba.njit(parallel=True)
+def _adam_traffic(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+    """An in-place update with Adam's memory traffic (read p, g, m, v; write p, m, v) and next
+    to no arithmetic, on Numba's threads: the floor a fused Adam step can approach."""
+    for i in numba.prange(p.size):
+        gi = g[i]
+        m[i] = m[i] * 0.5 + gi
+        v[i] = v[i] * 0.5 + gi
+        p[i] = p[i] * 0.5 + gi
+
+
 def step_cases(step: Step, io: Inputs, sy: dict[str, Fn] | None) -> Iterator[Case]:
     x, g = io.np("x", (io.n,)), io.np("g", (io.n,))
     ours = getattr(symgrad_kernels, f"{step.name}_step")
@@ -258,8 +271,13 @@ def step_cases(step: Step, io: Inputs, sy: dict[str, Fn] | None) -> Iterator[Cas
         step.numpy(np_state["p"], g, np_state["m"], np_state["v"], np_state["t"])
         return np_state["p"]
 
+    floor_state = [np.zeros_like(x) for _ in range(3)]
+
+    def traffic() -> None:
+        _adam_traffic(floor_state[0], g, floor_state[1], floor_state[2])
+
     for label, options in step.torch_paths if torch is not None else (("n/a", {}),):
-        calls = {"symgrad": symgrad_step, "numpy": numpy_step}
+        calls = {"symgrad": symgrad_step, "numpy": numpy_step, TRAFFIC: traffic}
         if torch is not None:
             param = torch.nn.Parameter(torch.tensor(x))
             param.grad = torch.tensor(g)
@@ -446,6 +464,9 @@ def torch_autograd(f: Fn, x: Any, g: Any = None) -> Call:
         return y.detach(), leaf.grad
 
     return run
+
+
+TRAFFIC = "traffic floor"  # an extra call of step cases, reported in the notes
 
 
 @dataclass
@@ -657,6 +678,13 @@ class Bench:
                 reference = arrays if col == "symgrad" else reference
                 flags[col] = check(arrays, reference, io.dtype)
         copy = seconds.pop("copy")
+        traffic = seconds.pop(TRAFFIC, None)
+        if traffic is not None:
+            ratios = ", ".join(f"{col} {seconds[col] / traffic:.2f}x"
+                               for col in ("symgrad", "torch") if col in seconds)
+            self.notes.append(f"{case.op} {io.dtype} n={case.numel}: the same memory traffic "
+                              f"(4 arrays read, 3 written in place, Numba threads) takes "
+                              f"{traffic * 1e3:.3g} ms; {ratios} of it")
         return Row(case.op, case.pass_, str(io.dtype), case.numel, copy, seconds, flags)
 
 
@@ -754,6 +782,10 @@ METHOD = """\
   functions expanded by `elementary_form`; rowwise ops and cross_entropy add the NumPy reductions
   (log-sum-exp, row sums) around the lambdified expressions.
 - Losses use reduction='mean' and are timed forward+backward fused (grad_output = 1).
+- Optimizer steps (Adam, torch.optim's default, foreach and fused paths) update the same
+  parameters in place, one step per call. Their floor is not the copy but a Numba kernel with the
+  step's memory traffic (read param, grad and both moments; write param and both moments) and next
+  to no arithmetic; the notes give each step's time as a multiple of it.
 - Ratios: symgrad/copy is how far symgrad is from the memory floor; LIB/symgrad > 1 means symgrad is
   faster. Flags: † the result came back in another dtype than the input's; ≠ the result differs
   from symgrad's (relative tolerance 1e-3 for float32, 1e-6 for float64, scaled by the largest
