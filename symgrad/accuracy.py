@@ -624,6 +624,186 @@ def sweep_elementwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
     return results, notes
 
 
+# -- pointwise losses: several operands, possibly several gradients ------------------------------
+
+@cache
+def _pointwise_refs(op: str) -> tuple[Callable, Callable, Callable, int]:
+    """For a pointwise loss at its default options and parameters, as functions of its required
+    operands: [ℓ, ∂ℓ/∂(each differentiable operand)] in the kernel's forms (what the derivation
+    proves, with torch's gradient conventions where it has them), Σ|terms| of each, and the
+    textbook ℓ. Optional operands (weight) are absent, i.e. at their default; an operand's
+    ``load`` (var clamped at eps) applies when it is read, not to the derivative."""
+    from symgrad.derive import default_subs, derive
+    from symgrad.functions import elementary_form
+
+    spec = _spec(op)
+    d = derive(spec)
+    required = [o for o in spec.operands if not o.optional]
+    subs: dict = default_subs(spec)
+    subs |= {o.symbol: float(o.default) for o in spec.operands if o.optional}
+    subs |= {sym: (sp.true if dict(d.variants[0].options).get(name, None) else sp.false)
+             for name, sym in spec.flag_symbols().items()}
+    for p in spec.params:  # flags: the defaults, as the derivation's default variant uses
+        if p.name in spec.flag_symbols():
+            subs[spec.flag_symbols()[p.name]] = sp.true if p.default else sp.false
+    loads = {o.symbol: o.load.subs(subs) for o in spec.operands if o.load is not None}
+    forms = [e.subs(subs).subs(loads) for e in (d.loss, *d.grads)]
+    args = [o.symbol for o in required]
+    both = sp.lambdify(args, forms, modules=[_MP_LIBRARY, "mpmath"], cse=True)
+    sizes = sp.lambdify(args, [sp.Add(*[sp.Abs(t) for t in sp.Add.make_args(
+        sp.expand(f, deep=False))]) for f in forms], modules=[_MP_LIBRARY, "mpmath"])
+    textbook = _mp_lambdify(args, elementary_form(spec.loss.subs(subs).subs(loads)))
+    return both, sizes, textbook, len(forms)
+
+
+def _pointwise_chunk(args: tuple) -> list[tuple[float, ...]]:
+    """(op, points, digits) -> per point: (hi, lo) of ℓ and of each gradient, then the size of
+    each one's terms."""
+    op, points, digits = args
+    both, sizes, _, count = _pointwise_refs(op)
+    out = []
+    with mpmath.workdps(digits):
+        for point in points:
+            x, rest = point[0], [mpmath.mpf(v) for v in point[1:]]
+            if any(math.isnan(v) for v in point):
+                out.append((math.nan, 0.0) * count + (0.0,) * count)
+                continue
+            try:
+                if math.isinf(x):
+                    values = _limit(lambda z, rest=rest: both(z, *rest), 1 if x > 0 else -1)
+                    scale = (0.0,) * count
+                else:
+                    values = both(mpmath.mpf(x), *rest)
+                    scale = tuple(float(abs(v)) for v in sizes(mpmath.mpf(x), *rest))
+            except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+                values, scale = [mpmath.nan] * count, (0.0,) * count
+            split = tuple(v for value in values for v in _split(mpmath.mpf(value)))
+            out.append(split + scale)
+    return out
+
+
+def _pointwise_spot_chunk(args: tuple) -> float:
+    """Largest relative gap between the kernel form of ℓ and the textbook ℓ (600 digits)."""
+    op, points, digits = args
+    both, _, textbook, _ = _pointwise_refs(op)
+    worst = mpmath.mpf(0)
+    for point in points:
+        mp = [mpmath.mpf(v) for v in point]
+        with mpmath.workdps(digits):
+            a = _eval(lambda *z: both(*z)[0], *mp)
+        with mpmath.workdps(600):
+            b = _eval(textbook, *mp)
+        if mpmath.isfinite(a) and mpmath.isfinite(b):
+            worst = max(worst, abs(a - b) / max(abs(b), mpmath.mpf(10) ** -300))
+    return float(worst)
+
+
+def operand_points(operand, xs: np.ndarray, seed: int) -> np.ndarray:
+    """Values of a pointwise loss's operand beside the input's points ``xs``, in its domain:
+    both bounds given: the bounds, uniform inside, and values a hair inside each bound; a lower
+    bound only: log-uniform magnitudes above it over the dtype's range; none: ``loss_targets``."""
+    dt = xs.dtype
+    fi = np.finfo(dt)
+    rng = np.random.default_rng(seed)
+    lo, hi = operand.minimum, operand.maximum
+    if lo is None and hi is None:
+        return loss_targets(xs, seed)
+    if hi is None:
+        mags = 10.0 ** rng.uniform(math.log10(float(fi.tiny)), math.log10(float(fi.max)),
+                                   xs.size)
+        with np.errstate(over="ignore"):
+            return np.minimum(lo + mags, float(fi.max)).astype(dt)
+    lo = -float(fi.max) if lo is None else lo
+    kind = rng.integers(0, 4, xs.size)
+    tiny = 10.0 ** rng.uniform(math.log10(float(fi.tiny)), -1, xs.size) * (hi - lo)
+    values = np.select([kind == 0, kind == 1, kind == 2],
+                       [rng.choice([lo, hi], xs.size), rng.uniform(lo, hi, xs.size), lo + tiny],
+                       hi - tiny)
+    return np.clip(values.astype(dt), lo, hi)
+
+
+def sweep_pointwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
+                         ) -> tuple[list, list]:
+    """ℓ(input, target, ...) with reduction='none' and its gradients, at the default options,
+    over the input's elementwise points (or its domain) paired with values of the other required
+    operands in theirs (see ``operand_points``)."""
+    K = _kernels()
+    fwd = getattr(K, f"{spec.name}_forward")
+    bwd = getattr(K, f"{spec.name}_backward")
+    fused = getattr(K, f"{spec.name}_forward_backward")
+    required = [o for o in spec.operands if not o.optional]
+    grads_of = [o.name for o in required if o.differentiable]
+    results, notes = [], []
+    for dtype in dtypes:
+        dt = np.dtype(dtype)
+        first = required[0]
+        if first.minimum is None and first.maximum is None:
+            xs = elementwise_points(dtype, n, [])
+        else:
+            xs = operand_points(first, elementwise_points(dtype, n, []), seed=5)
+        columns = [xs] + [operand_points(o, xs, seed=6 + k) for k, o in enumerate(required[1:])]
+        mid = [float(np.clip(0.5, o.minimum if o.minimum is not None else -np.inf,
+                             o.maximum if o.maximum is not None else np.inf)) for o in required]
+        specials = [[v, *mid[1:]] for v in (np.nan, np.inf, -np.inf)
+                    if first.minimum is None and first.maximum is None or math.isnan(v)]
+        if specials:
+            columns = [np.concatenate([c, np.array([s[k] for s in specials], dtype=dt)])
+                       for k, c in enumerate(columns)]
+        points = [tuple(float(c[i]) for c in columns) for i in range(columns[0].size)]
+        digits = DIGITS
+        for candidate in (DIGITS, 150, 400):  # as _working_digits: agree with 2x the digits
+            sample = points[:: max(1, len(points) // 200)][:200]
+            low = _pointwise_chunk((spec.name, sample, candidate))
+            high = _pointwise_chunk((spec.name, sample, 2 * candidate))
+            count = len(low[0]) // 3
+            if all(_same_value(a[2 * k], b[2 * k]) for a, b in zip(low, high, strict=True)
+                   for k in range(count)):
+                digits = candidate
+                break
+        else:
+            digits = 400
+        if digits != DIGITS:
+            notes.append(f"{spec.name} {dtype}: the reference form cancels at {DIGITS} digits; "
+                         f"evaluated at {digits}")
+        table = np.array([r for chunk in _parallel_map(
+            _pointwise_chunk, [(spec.name, c, digits) for c in _chunks(points, 2000)], jobs)
+            for r in chunk])
+        count = table.shape[1] // 3
+        ones = np.ones_like(columns[0])
+        with np.errstate(all="ignore"):
+            loss = _call(lambda *a: fwd(*a, reduction="none"), *columns)
+            grads = _call(lambda *a: bwd(*a, reduction="none"), *columns, ones)
+            fused_out = _call(lambda *a: fused(*a, reduction="none"), *columns, ones)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        finite = np.all([np.isfinite(c) for c in columns], axis=0)
+        key = columns[0].astype(np.float64)
+        kernels = [("forward (reduction='none')", "forward", loss, 0),
+                   ("fused loss", "forward", fused_out[0], 0)]
+        for k, name in enumerate(grads_of, start=1):
+            label = "" if len(grads_of) == 1 else f" ∂/∂{name}"
+            kernels += [(f"backward{label}", "backward", grads[k - 1], k),
+                        (f"fused grad{label}", "backward", fused_out[k], k)]
+        for form, role, got, k in kernels:
+            hi, lo, size = table[:, 2 * k], table[:, 2 * k + 1], table[:, 2 * count + k]
+            r = measure(spec.name, form, dtype, role, key, got, hi, lo, finite,
+                        scale_given=np.nan_to_num(size, nan=0.0, posinf=0.0))
+            for i in np.flatnonzero(~finite):
+                if _special(spec.name, form, float(columns[0][i]), float(got[i]), hi[i], dtype):
+                    rest = ", ".join(f"{o.name} {float(c[i])}"
+                                     for o, c in zip(required[1:], columns[1:], strict=True))
+                    r.special_failures.append(f"{form}({float(columns[0][i])}; {rest}) = "
+                                              f"{float(got[i])}, want {float(dt.type(hi[i]))}")
+            results.append(r)
+        moderate = [pt for pt in points if all(math.isfinite(v) and abs(v) < 50 for v in pt)]
+        pick = moderate[:: max(1, len(moderate) // SPOT_CHECKS)][:SPOT_CHECKS]
+        worst = max(_parallel_map(_pointwise_spot_chunk,
+                                  [(spec.name, c, digits) for c in _chunks(pick, 100)], jobs),
+                    default=0.0)
+        notes.append(f"{spec.name} {dtype}: reference vs textbook form at {len(pick)} points: "
+                     f"max relative gap {worst:.1e} ({'ok' if worst < 1e-40 else 'MISMATCH'})")
+    return results, notes
+
+
 def sweep_variants(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list, list]:
     """Each formula of an op whose string option selects it (gelu's approximate)."""
     results, notes = [], []
@@ -776,7 +956,8 @@ def _rowwise_specials(spec, dtype: str, results: list[FormResult], jobs: int) ->
 
 
 SWEEPS = {"elementwise": sweep_elementwise, "rowwise": sweep_rowwise,
-          "variants": sweep_variants, "elementwise_loss": sweep_elementwise_loss}
+          "variants": sweep_variants, "elementwise_loss": sweep_elementwise_loss,
+          "pointwise_loss": sweep_pointwise_loss}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -798,7 +979,8 @@ def _fmt(v: float) -> str:
 
 def _judged_by_scale(spec, r: FormResult) -> bool:
     """Softmax-type VJPs and elementwise losses cancel by nature: judged by the scaled error."""
-    return (spec.kind == "rowwise" and r.role == "backward") or spec.kind == "elementwise_loss"
+    return (spec.kind == "rowwise" and r.role == "backward") or \
+        spec.kind in ("elementwise_loss", "pointwise_loss")
 
 
 def render(results: list[FormResult], notes: list[str], skipped: list[str], meta: dict) -> str:
@@ -961,7 +1143,8 @@ def use_catalog() -> None:
 
 def _forget_ops() -> None:
     """Op lookups and references are cached by name; a spec file may reuse a name."""
-    for cached in (_catalog, _elementwise_refs, _loss_term_sizes, _rowwise_refs):
+    for cached in (_catalog, _elementwise_refs, _loss_term_sizes, _rowwise_refs,
+                   _pointwise_refs):
         cached.cache_clear()
 
 

@@ -210,3 +210,28 @@ def test_cli_sweeps_a_spec_file(tmp_path, capsys):
     printed = capsys.readouterr().out  # a spec file's report is printed, not written
     assert "| double_sigmoid | forward | float32 |" in printed
     assert not (tmp_path / "ACCURACY.md").exists()
+
+
+def test_pointwise_loss_sweep_measures_every_gradient():
+    """gaussian_nll_loss has two differentiable operands (input, var): both gradients are
+    measured, var drawn inside its domain (> 0) and read through its eps clamp."""
+    spec = next(s for s in all_specs() if s.name == "gaussian_nll_loss")
+    results, notes = accuracy.sweep_pointwise_loss(spec, ["float64"], 300, 1)
+    forms = {r.form for r in results}
+    assert forms == {"forward (reduction='none')", "fused loss", "backward ∂/∂input",
+                     "fused grad ∂/∂input", "backward ∂/∂var", "fused grad ∂/∂var"}
+    for r in results:
+        assert r.points >= 300 and r.max_scaled <= accuracy.TARGETS[r.role], r
+    assert all("(ok)" in n for n in notes if "textbook" in n)
+
+
+def test_pointwise_operand_points_stay_in_the_domain():
+    spec = next(s for s in all_specs() if s.name == "binary_cross_entropy")
+    xs = accuracy.elementwise_points("float32", 2000, [])
+    for operand in spec.operands:
+        if operand.minimum is not None and operand.maximum is not None:
+            pts = accuracy.operand_points(operand, xs, seed=1)
+            assert pts.dtype == np.float32
+            assert pts.min() >= operand.minimum and pts.max() <= operand.maximum
+            assert (pts == operand.minimum).any() and (pts == operand.maximum).any()
+            assert ((pts > 0) & (pts < 1e-20)).any()  # a hair inside the bound, where log cancels
