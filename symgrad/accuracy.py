@@ -259,7 +259,12 @@ def _rowwise_chunk(args: tuple[str, list[list[float]], list[list[float]]]):
             xs = [sign * _limit_point(v) for v in row]
             top = max(xs)
             xm = [x - top for x in xs]
-            ls = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in xm))
+            # log(1 + rest), rest the sum without one max's e^0 = 1: a row dominated by its max
+            # has log_softmax(max) = -log1p(rest) ≈ -rest, which log(1 + rest) at 50 digits
+            # rounds to 0 once rest < 1e-50.
+            others = list(xm)
+            others.remove(mpmath.mpf(0))
+            ls = mpmath.log1p(mpmath.fsum(mpmath.exp(v) for v in others))
             ys = [_eval(shifted, v, ls) for v in xm]
             gm = [mpmath.mpf(v) for v in g]
             a = mpmath.fsum(gi * left(y) for gi, y in zip(gm, ys, strict=True))

@@ -235,3 +235,10 @@ def test_pointwise_operand_points_stay_in_the_domain():
             assert pts.min() >= operand.minimum and pts.max() <= operand.maximum
             assert (pts == operand.minimum).any() and (pts == operand.maximum).any()
             assert ((pts > 0) & (pts < 1e-20)).any()  # a hair inside the bound, where log cancels
+
+
+def test_rowwise_reference_keeps_a_dominated_rows_tiny_log_softmax():
+    """log_softmax of the max of [0, -120] is -log1p(e^-120) ≈ -7.7e-53, not 0."""
+    (row,) = accuracy._rowwise_chunk(("log_softmax", [[0.0, -120.0]], [[1.0, 1.0]]))
+    want = -mpmath.log1p(mpmath.exp(-120))
+    assert row[0][0] == pytest.approx(float(want), rel=1e-15)
