@@ -942,6 +942,105 @@ def sweep_rowwise(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list,
     return results, []
 
 
+# -- class-index losses (cross_entropy, nll_loss): one loss per row, a gradient per element ------
+
+@cache
+def _class_index_refs(op: str) -> tuple[Callable, Callable, float, float]:
+    """ℓ(x_t, L) of a class-index loss at its default parameters, written with x_t = m + a and
+    L = m + b for the row max m (so that L - x_t is b - a: at 50 digits m + b would round b
+    away; a = x_t - m is exact, evaluated at the digits the float range needs), the size of
+    ℓ's terms at (x_t, L), and the gradient's coefficients:
+    ∂ℓ/∂x_k = c_softmax·softmax_k + c_target·[k = t]."""
+    from symgrad.derive import default_subs, derive
+    from symgrad.spec import LSE, XT
+
+    spec = _spec(op)
+    d = derive(spec)
+    loss = d.loss.subs(default_subs(spec))
+    m, a, b = sp.symbols("m a b", real=True)
+    shifted = sp.expand(loss.subs({XT: m + a, LSE: m + b}))
+    terms = sp.Add(*[sp.Abs(t) for t in sp.Add.make_args(sp.expand(loss))])
+    return (_mp_lambdify([m, a, b], shifted), _mp_lambdify([XT, LSE], terms),
+            float(d.coeff_softmax), float(d.coeff_target))
+
+
+def _class_index_chunk(args: tuple) -> list[tuple[list, list]]:
+    """(op, rows, targets) -> per row: ((ℓ hi, lo, scale), [(∂ℓ/∂x_k hi, lo, scale)...])."""
+    op, rows, targets = args
+    loss_fn, terms_fn, c_soft, c_target = _class_index_refs(op)
+    out = []
+    with mpmath.workdps(DIGITS):
+        for row, t in zip(rows, targets, strict=True):
+            xs = [mpmath.mpf(v) for v in row]
+            top = max(xs)
+            xm = [x - top for x in xs]
+            others = list(xm)
+            others.remove(mpmath.mpf(0))
+            ls = mpmath.log1p(mpmath.fsum(mpmath.exp(v) for v in others))
+            with mpmath.workdps(DIGITS + 700):  # x_t - m exactly: floats span 10^±308
+                loss = loss_fn(top, xs[t] - top, ls)
+            scale = terms_fn(xs[t], top + ls)
+            grads = []
+            for k, v in enumerate(xm):
+                soft = c_soft * mpmath.exp(v - ls)
+                hit = c_target if k == t else 0.0
+                grads.append((*_split(soft + hit), float(abs(soft) + abs(hit))))
+            out.append(((*_split(mpmath.mpf(loss)), float(scale)), grads))
+    return out
+
+
+def sweep_class_index_loss(spec, dtypes: Sequence[str], n: int, jobs: int
+                           ) -> tuple[list, list]:
+    """Per row of ``rowwise_rows`` with a random class index: ℓ (reduction='none') and its
+    gradient, at the default options (no weight, no label smoothing)."""
+    K = _kernels()
+    fwd = getattr(K, f"{spec.name}_forward")
+    bwd = getattr(K, f"{spec.name}_backward")
+    fused = getattr(K, f"{spec.name}_forward_backward")
+    results = []
+    for dtype in dtypes:
+        dt = np.dtype(dtype)
+        rows = rowwise_rows(dtype, n)
+        rng = np.random.default_rng(7)
+        targets = [int(rng.integers(0, r.size)) for r in rows]
+        # a dominated row whose max is the target: ℓ = log1p(Σ e^(x - max)), tiny
+        rows.append(np.array([0.0, -60.0, -80.0], dtype=dt))
+        targets.append(0)
+        tasks = [(spec.name, [[float(v) for v in r] for r in rs], ts)
+                 for rs, ts in zip(_chunks(rows, 200), _chunks(targets, 200), strict=True)]
+        refs = [e for chunk in _parallel_map(_class_index_chunk, tasks, jobs) for e in chunk]
+        got = {"loss": [], "grad": [], "fused loss": [], "fused grad": []}
+        with np.errstate(all="ignore"):
+            for r, t in zip(rows, targets, strict=True):
+                x, target, ones = r[None, :], np.array([t]), np.ones(1, dtype=dt)
+                got["loss"].append(fwd(x, target, reduction="none"))
+                got["grad"].append(bwd(x, target, ones, reduction="none")[0])
+                fl, fg = fused(x, target, ones, reduction="none")
+                got["fused loss"].append(fl)
+                got["fused grad"].append(fg[0])
+        loss_ref = np.array([e[0] for e in refs])
+        grad_ref = np.array([g for e in refs for g in e[1]])
+        row_key = np.arange(len(rows), dtype=np.float64)
+        elem_key = np.concatenate([np.full(r.size, i, dtype=np.float64)
+                                   for i, r in enumerate(rows)])
+        for form, role, values, ref, key in (
+                ("forward (reduction='none')", "forward", got["loss"], loss_ref, row_key),
+                ("backward", "backward", got["grad"], grad_ref, elem_key),
+                ("fused loss", "forward", got["fused loss"], loss_ref, row_key),
+                ("fused grad", "backward", got["fused grad"], grad_ref, elem_key)):
+            results.append(measure(spec.name, form, dtype, role, key,
+                                   np.concatenate([np.ravel(v) for v in values]),
+                                   ref[:, 0], ref[:, 1], np.ones(key.size, dtype=bool),
+                                   scale_given=ref[:, 2]))
+        with np.errstate(all="ignore"):
+            nan_row = fwd(np.array([[np.nan, 1.0, 2.0]], dtype=dt), np.array([0]),
+                          reduction="none")
+        if not np.isnan(nan_row).all():
+            results[-4].special_failures.append(f"forward([nan, 1, 2]; t 0) = {nan_row}, "
+                                                "want nan")
+    return results, []
+
+
 def _rowwise_specials(spec, dtype: str, results: list[FormResult], jobs: int) -> None:
     """Rows with nan (nan out) and one ±inf entry (the limit, e.g. softmax -> one-hot)."""
     dt = np.dtype(dtype)
@@ -962,7 +1061,7 @@ def _rowwise_specials(spec, dtype: str, results: list[FormResult], jobs: int) ->
 
 SWEEPS = {"elementwise": sweep_elementwise, "rowwise": sweep_rowwise,
           "variants": sweep_variants, "elementwise_loss": sweep_elementwise_loss,
-          "pointwise_loss": sweep_pointwise_loss}
+          "pointwise_loss": sweep_pointwise_loss, "class_index_loss": sweep_class_index_loss}
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -985,7 +1084,7 @@ def _fmt(v: float) -> str:
 def _judged_by_scale(spec, r: FormResult) -> bool:
     """Softmax-type VJPs and elementwise losses cancel by nature: judged by the scaled error."""
     return (spec.kind == "rowwise" and r.role == "backward") or \
-        spec.kind in ("elementwise_loss", "pointwise_loss")
+        spec.kind in ("elementwise_loss", "pointwise_loss", "class_index_loss")
 
 
 def render(results: list[FormResult], notes: list[str], skipped: list[str], meta: dict) -> str:
@@ -1149,7 +1248,7 @@ def use_catalog() -> None:
 def _forget_ops() -> None:
     """Op lookups and references are cached by name; a spec file may reuse a name."""
     for cached in (_catalog, _elementwise_refs, _loss_term_sizes, _rowwise_refs,
-                   _pointwise_refs):
+                   _pointwise_refs, _class_index_refs):
         cached.cache_clear()
 
 

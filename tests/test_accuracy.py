@@ -242,3 +242,26 @@ def test_rowwise_reference_keeps_a_dominated_rows_tiny_log_softmax():
     (row,) = accuracy._rowwise_chunk(("log_softmax", [[0.0, -120.0]], [[1.0, 1.0]]))
     want = -mpmath.log1p(mpmath.exp(-120))
     assert row[0][0] == pytest.approx(float(want), rel=1e-15)
+
+
+def test_class_index_sweep_is_exact_for_nll_and_measures_cross_entropy():
+    by_op = {}
+    for name in ("nll_loss", "cross_entropy"):
+        spec = next(s for s in all_specs() if s.name == name)
+        results, _ = accuracy.sweep_class_index_loss(spec, ["float64"], 300, 1)
+        by_op[name] = {r.form: r for r in results}
+    forms = {"forward (reduction='none')", "backward", "fused loss", "fused grad"}
+    assert set(by_op["nll_loss"]) == set(by_op["cross_entropy"]) == forms
+    # -x_t and -one-hot are exact, also where x_t is far below the row max
+    assert all(r.max_ulp == 0 and not r.special_failures for r in by_op["nll_loss"].values())
+    assert all(r.points > 0 and r.nonfinite == 0 for r in by_op["cross_entropy"].values())
+
+
+def test_class_index_reference_of_a_dominated_row():
+    """cross_entropy of [0, -60, -80] with target 0 is log1p(e^-60 + e^-80), about 8.8e-27."""
+    ((loss_hi, _, scale), grads), = accuracy._class_index_chunk(
+        ("cross_entropy", [[0.0, -60.0, -80.0]], [0]))
+    want = mpmath.log1p(mpmath.exp(-60) + mpmath.exp(-80))
+    assert loss_hi == pytest.approx(float(want), rel=1e-15)
+    assert scale == pytest.approx(float(want), rel=1e-6)  # |L| + |x_t| with x_t = 0
+    assert grads[0][0] == pytest.approx(-float(want), rel=1e-9)  # softmax_t - 1
