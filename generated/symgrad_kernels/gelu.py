@@ -348,6 +348,8 @@ def _forward_backward_v1_par_float64(xs, gs, out_y, out_g, n):
 _CODES = {"none": 0, "tanh": 1}
 # Codes whose formula has an output form (backward may take y)
 _HAS_Y = {}
+# code -> dtype -> whether y is used when both x and y are given (measured per formula and dtype)
+_PREFER_Y = {}
 
 
 def _pick(name, code, dtype, size):
@@ -396,7 +398,7 @@ def gelu_backward(grad_output, *, x=None, y=None, approximate='none', out=None):
     fn = "gelu_backward"
     code = _rt.choice(approximate, "approximate", fn, _CODES)
     g = _rt.float_array(grad_output, "grad_output", fn)
-    if y is not None and code in _HAS_Y:
+    if y is not None and code in _HAS_Y and (x is None or _PREFER_Y[code][g.dtype.name]):
         source, name, kernel = y, "y", "_backward_y"
     elif x is not None:
         source, name, kernel = x, "x", "_backward_x"

@@ -5,7 +5,8 @@
 
 Forward:   y = Piecewise((x, x > 0), (negative_slope*x, True))
 Backward:  dy/dx = Piecewise((1, x > 0), (negative_slope, True))
-Output form: none (the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds only when negative_slope >= 0, not for every parameter value the op accepts); backward needs the input x.
+Output form: dy/dx = Piecewise((1, y > 0), (negative_slope, True))  (backward can use the saved output y when
+    negative_slope >= 0)
 See `python -m symgrad latex leaky_relu` for the derivation.
 """
 
@@ -59,6 +60,27 @@ def _backward_x_par_float32(xs, gs, out, negative_slope, n):
         # backward from x: 2 ops
         gx = g*(np.float32(1.0) if (x > np.float32(0.0)) else negative_slope)
         gx = x if x != x else gx
+        out[i] = gx
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_y_ser_float32(ys, gs, out, negative_slope, n):
+    for i in range(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 2 ops
+        gx = g*(np.float32(1.0) if (y > np.float32(0.0)) else negative_slope)
+        gx = y if y != y else gx
+        out[i] = gx
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _backward_y_par_float32(ys, gs, out, negative_slope, n):
+    for i in prange(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 2 ops
+        gx = g*(np.float32(1.0) if (y > np.float32(0.0)) else negative_slope)
+        gx = y if y != y else gx
         out[i] = gx
 
 
@@ -134,6 +156,27 @@ def _backward_x_par_float64(xs, gs, out, negative_slope, n):
 
 
 @njit(cache=True, error_model="numpy")
+def _backward_y_ser_float64(ys, gs, out, negative_slope, n):
+    for i in range(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 2 ops
+        gx = g*(1.0 if (y > 0.0) else negative_slope)
+        gx = y if y != y else gx
+        out[i] = gx
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _backward_y_par_float64(ys, gs, out, negative_slope, n):
+    for i in prange(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 2 ops
+        gx = g*(1.0 if (y > 0.0) else negative_slope)
+        gx = y if y != y else gx
+        out[i] = gx
+
+
+@njit(cache=True, error_model="numpy")
 def _forward_backward_ser_float64(xs, gs, out_y, out_g, negative_slope, n):
     for i in range(n):
         x = xs[i]
@@ -197,26 +240,43 @@ def leaky_relu_forward(x, *, negative_slope=0.01, out=None):
     return out
 
 
+# With both x and y at hand, the form measured best per dtype (symgrad.kinds.elementwise).
+_PREFER_Y = {"float32": False, "float64": False}
+
+
+def _y_form_holds(dtype, negative_slope):
+    """Whether the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds for these parameters."""
+    if dtype == np.float32:
+        return bool((negative_slope >= 0))
+    return bool((negative_slope >= 0))
+
+
 def leaky_relu_backward(grad_output, *, x=None, y=None, negative_slope=0.01, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
-    Needs the input ``x`` (dy/dx = Piecewise((1, x > 0), (negative_slope, True))): the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds only when negative_slope >= 0, not for every parameter value the op accepts.
+    Takes the saved output ``y`` (dy/dx = Piecewise((1, y > 0), (negative_slope, True))) when
+    negative_slope >= 0, and raises ValueError naming the
+    condition otherwise; the input ``x`` (dy/dx = Piecewise((1, x > 0), (negative_slope, True))) always works. When both
+    are given, x is used.
 
     Returns:
         grad_input, same shape and dtype as grad_output.
     """
     fn = "leaky_relu_backward"
     g = _rt.float_array(grad_output, "grad_output", fn)
-    if x is None:
-        raise TypeError(
-            f"{fn} needs x (the input of leaky_relu_forward): "
-            f"the output form dy/dx = Piecewise((1, y > 0), (negative_slope, True)) holds only when negative_slope >= 0, not for every parameter value the op accepts"
-        )
-    source, name, kernel = x, "x", "_backward_x"
+    if y is None and x is None:
+        raise TypeError(f"{fn} needs y (the output of leaky_relu_forward) or x (its input)")
+    params = _params(fn, g.dtype, negative_slope)
+    use_y = y is not None and (x is None or _PREFER_Y[g.dtype.name])
+    if y is not None and not _y_form_holds(g.dtype, *params):
+        if x is None:
+            cond = 'negative_slope >= 0' if g.dtype == np.float32 else 'negative_slope >= 0'
+            raise ValueError(f"{fn} from y needs {cond}; pass x=")
+        use_y = False
+    source, name, kernel = (y, "y", "_backward_y") if use_y else (x, "x", "_backward_x")
     source = _rt.float_array(source, name, fn)
     _rt.same_dtype(g, "grad_output", source, name, fn)
     _rt.same_shape(g, "grad_output", source, name, fn)
-    params = _params(fn, g.dtype, negative_slope)
     out = _rt.output(out, g.shape, g.dtype, fn, (g, source))
     if g.size:
         _pick(kernel, g.dtype, g.size)(source.reshape(-1), g.reshape(-1), out.reshape(-1), *params, g.size)

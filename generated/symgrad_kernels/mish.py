@@ -183,6 +183,8 @@ def mish_forward(x, *, out=None):
     return out
 
 
+
+
 def mish_backward(grad_output, *, x=None, y=None, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
@@ -199,10 +201,10 @@ def mish_backward(grad_output, *, x=None, y=None, out=None):
             f"none exists: f(-1.44243) = f(-0.970828) but f' differs there, so y does not determine f'(x)"
         )
     source, name, kernel = x, "x", "_backward_x"
+    params = _params(fn, g.dtype)
     source = _rt.float_array(source, name, fn)
     _rt.same_dtype(g, "grad_output", source, name, fn)
     _rt.same_shape(g, "grad_output", source, name, fn)
-    params = _params(fn, g.dtype)
     out = _rt.output(out, g.shape, g.dtype, fn, (g, source))
     if g.size:
         _pick(kernel, g.dtype, g.size)(source.reshape(-1), g.reshape(-1), out.reshape(-1), *params, g.size)

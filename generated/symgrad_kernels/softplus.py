@@ -5,7 +5,8 @@
 
 Forward:   y = Piecewise((x, threshold < beta*x), (softplus(beta*x)/beta, True))
 Backward:  dy/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))
-Output form: none (the output form dy/dx = Piecewise((1, threshold < beta*y), (1 - exp(-beta*y), True)) holds only when exp(-threshold) <= 1/16777216, not for every parameter value the op accepts); backward needs the input x.
+Output form: dy/dx = Piecewise((1, threshold < beta*y), (-expm1(-beta*y), True))  (backward can use the saved output y when
+    exp(-threshold) <= 2**-24 in float32, exp(-threshold) <= 2**-53 in float64)
 See `python -m symgrad latex softplus` for the derivation.
 """
 
@@ -63,6 +64,29 @@ def _backward_x_par_float32(xs, gs, out, beta, threshold, n):
         _c0 = beta*x
         gx = g*(np.float32(1.0) if (_c0 > threshold) else _fn.sigmoid_f32(_c0))
         gx = x if x != x else gx
+        out[i] = gx
+
+
+@njit(cache=True, error_model="numpy")
+def _backward_y_ser_float32(ys, gs, out, beta, threshold, n):
+    for i in range(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 6 ops
+        _c0 = beta*y
+        gx = g*(np.float32(1.0) if (_c0 > threshold) else -(_fn.expm1_f32(-(_c0))))
+        gx = y if y != y else gx
+        out[i] = gx
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _backward_y_par_float32(ys, gs, out, beta, threshold, n):
+    for i in prange(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 6 ops
+        _c0 = beta*y
+        gx = g*(np.float32(1.0) if (_c0 > threshold) else -(_fn.expm1_f32(-(_c0))))
+        gx = y if y != y else gx
         out[i] = gx
 
 
@@ -144,6 +168,29 @@ def _backward_x_par_float64(xs, gs, out, beta, threshold, n):
 
 
 @njit(cache=True, error_model="numpy")
+def _backward_y_ser_float64(ys, gs, out, beta, threshold, n):
+    for i in range(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 6 ops
+        _c0 = beta*y
+        gx = g*(1.0 if (_c0 > threshold) else -(_fn.expm1_f64(-(_c0))))
+        gx = y if y != y else gx
+        out[i] = gx
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _backward_y_par_float64(ys, gs, out, beta, threshold, n):
+    for i in prange(n):
+        y = ys[i]
+        g = gs[i]
+        # backward from y: 6 ops
+        _c0 = beta*y
+        gx = g*(1.0 if (_c0 > threshold) else -(_fn.expm1_f64(-(_c0))))
+        gx = y if y != y else gx
+        out[i] = gx
+
+
+@njit(cache=True, error_model="numpy")
 def _forward_backward_ser_float64(xs, gs, out_y, out_g, beta, threshold, n):
     for i in range(n):
         x = xs[i]
@@ -211,26 +258,43 @@ def softplus_forward(x, *, beta=1.0, threshold=20.0, out=None):
     return out
 
 
+# With both x and y at hand, the form measured best per dtype (symgrad.kinds.elementwise).
+_PREFER_Y = {"float32": False, "float64": False}
+
+
+def _y_form_holds(dtype, beta, threshold):
+    """Whether the output form dy/dx = Piecewise((1, threshold < beta*y), (-expm1(-beta*y), True)) holds for these parameters."""
+    if dtype == np.float32:
+        return bool((math.exp(-threshold) <= 1/16777216))
+    return bool((math.exp(-threshold) <= 1/9007199254740992))
+
+
 def softplus_backward(grad_output, *, x=None, y=None, beta=1.0, threshold=20.0, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
-    Needs the input ``x`` (dy/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))): the output form dy/dx = Piecewise((1, threshold < beta*y), (1 - exp(-beta*y), True)) holds only when exp(-threshold) <= 1/16777216, not for every parameter value the op accepts.
+    Takes the saved output ``y`` (dy/dx = Piecewise((1, threshold < beta*y), (-expm1(-beta*y), True))) when
+    exp(-threshold) <= 2**-24 (float32) / exp(-threshold) <= 2**-53 (float64), and raises ValueError naming the
+    condition otherwise; the input ``x`` (dy/dx = Piecewise((1, threshold < beta*x), (sigmoid(beta*x), True))) always works. When both
+    are given, x is used.
 
     Returns:
         grad_input, same shape and dtype as grad_output.
     """
     fn = "softplus_backward"
     g = _rt.float_array(grad_output, "grad_output", fn)
-    if x is None:
-        raise TypeError(
-            f"{fn} needs x (the input of softplus_forward): "
-            f"the output form dy/dx = Piecewise((1, threshold < beta*y), (1 - exp(-beta*y), True)) holds only when exp(-threshold) <= 1/16777216, not for every parameter value the op accepts"
-        )
-    source, name, kernel = x, "x", "_backward_x"
+    if y is None and x is None:
+        raise TypeError(f"{fn} needs y (the output of softplus_forward) or x (its input)")
+    params = _params(fn, g.dtype, beta, threshold)
+    use_y = y is not None and (x is None or _PREFER_Y[g.dtype.name])
+    if y is not None and not _y_form_holds(g.dtype, *params):
+        if x is None:
+            cond = 'exp(-threshold) <= 2**-24 in float32' if g.dtype == np.float32 else 'exp(-threshold) <= 2**-53 in float64'
+            raise ValueError(f"{fn} from y needs {cond}; pass x=")
+        use_y = False
+    source, name, kernel = (y, "y", "_backward_y") if use_y else (x, "x", "_backward_x")
     source = _rt.float_array(source, name, fn)
     _rt.same_dtype(g, "grad_output", source, name, fn)
     _rt.same_shape(g, "grad_output", source, name, fn)
-    params = _params(fn, g.dtype, beta, threshold)
     out = _rt.output(out, g.shape, g.dtype, fn, (g, source))
     if g.size:
         _pick(kernel, g.dtype, g.size)(source.reshape(-1), g.reshape(-1), out.reshape(-1), *params, g.size)

@@ -179,6 +179,8 @@ def tanhshrink_forward(x, *, out=None):
     return out
 
 
+
+
 def tanhshrink_backward(grad_output, *, x=None, y=None, out=None):
     """Vector-Jacobian product: grad_output * dy/dx.
 
@@ -195,10 +197,10 @@ def tanhshrink_backward(grad_output, *, x=None, y=None, out=None):
             f"f is monotone, so some g exists, but SymPy finds no closed form for it on the branch True"
         )
     source, name, kernel = x, "x", "_backward_x"
+    params = _params(fn, g.dtype)
     source = _rt.float_array(source, name, fn)
     _rt.same_dtype(g, "grad_output", source, name, fn)
     _rt.same_shape(g, "grad_output", source, name, fn)
-    params = _params(fn, g.dtype)
     out = _rt.output(out, g.shape, g.dtype, fn, (g, source))
     if g.size:
         _pick(kernel, g.dtype, g.size)(source.reshape(-1), g.reshape(-1), out.reshape(-1), *params, g.size)

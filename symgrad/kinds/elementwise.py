@@ -63,6 +63,11 @@ class ElementwiseDerivation:
     output_form: OutputForm | None = None
     # dtype -> the form the fused kernel uses and the measurement that chose it
     backward_choice: dict[str, BackwardChoice] = field(default_factory=dict)
+    # kernel form of an output form that holds only under a parameter condition (leaky_relu's
+    # needs negative_slope >= 0): the wrapper takes y only where ``y_requires`` holds
+    grad_y_conditional: sp.Expr | None = None
+    # dtype -> the condition on the parameters under which grad_y_conditional may be used
+    y_requires: dict[str, sp.Basic] = field(default_factory=dict)
 
     @property
     def backward_needs(self) -> str:
@@ -173,12 +178,18 @@ def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     forward_k, grad_x_k = stabilize(spec.forward, extra), stabilize(grad_x, extra)
     grad_y_k = stabilize(grad_y, extra) if grad_y is not None else None
     choice = _choose_backward(spec, out, grad_x_k, grad_y_k)
-    note = out.note if grad_y is not None or out.expr is None else (
-        f"the output form dy/dx = {sp.sstr(out.expr)} holds only when "
-        f"{sp.sstr(out.requires)}, not for every parameter value the op accepts")
-    if grad_y is not None:  # (shown by `show`; the generated docstrings print grad_y instead)
-        note += "; with x at hand (fused kernel) the kernels use " + ", ".join(
-            f"{dt}: the {c.form}-form ({c.reason})" for dt, c in choice.items())
+    conditional = grad_y is None and out.expr is not None
+    grad_y_cond = stabilize(out.expr, extra) if conditional else None
+    y_requires = {dt: _y_requires(out, dt) for dt in DTYPES} if conditional else {}
+    if conditional:
+        when = "; ".join(f"{dt}: {condition_text(c)}" for dt, c in y_requires.items()) \
+            if len(set(y_requires.values())) > 1 else condition_text(y_requires[DTYPES[0]])
+        kind = "holds" if out.exact else (f"is approximate (off by up to "
+                                           f"{sp.sstr(out.error_bound)})")
+        note = (f"the output form dy/dx = {sp.sstr(out.expr)} {kind}; backward takes y "
+                f"only when {when} (x always works)")
+    else:
+        note = out.note
 
     steps = [
         Step("Definition", rf"y = {sp.latex(definition)}"),
@@ -198,7 +209,26 @@ def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
                       r"\text{" + "; ".join(f"{dt}: from {c.form} ({c.reason})"
                                             for dt, c in choice.items()) + "}"))
     return ElementwiseDerivation(spec, forward_k, grad_x_k, grad_y_k, note, tuple(steps),
-                                 tuple(proofs), out, choice)
+                                 tuple(proofs), out, choice, grad_y_cond, y_requires)
+
+
+def condition_text(cond: sp.Basic) -> str:
+    """A parameter condition as text, powers of two as such (2**-24, not 1/16777216)."""
+    text = sp.sstr(cond)
+    for r in cond.atoms(sp.Rational):
+        if r.p == 1 and r.q > 2 and r.q & (r.q - 1) == 0:
+            text = text.replace(f"1/{r.q}", f"2**-{r.q.bit_length() - 1}")
+    return text
+
+
+def _y_requires(out: OutputForm, dtype: str) -> sp.Basic:
+    """Where a conditional output form may be used in ``dtype``: an exact form wherever its
+    parameter condition holds; an approximate one (softplus near its threshold) where its
+    proven error bound is within half an ULP of 1 in the dtype (f' is about 1 where the
+    branches overlap), which is stricter in float64 than the search's float32 bound."""
+    if out.exact:
+        return out.requires
+    return sp.Le(out.error_bound, sp.Rational(1, 2 ** (np.finfo(dtype).nmant + 1)))
 
 
 def _output_form_steps(out: OutputForm) -> list[Step]:
@@ -217,7 +247,7 @@ def _output_form_steps(out: OutputForm) -> list[Step]:
         steps.append(Step("Output form", rf"\text{{{out.note}; backward needs }} x"))
         return steps
     title = "Output form (backward needs only y)" if out.usable else \
-        "Output form (conditional: not used by the kernels)"
+        "Output form (conditional: backward takes y where the condition holds)"
     latex = rf"\frac{{dy}}{{dx}} = {sp.latex(out.expr)}"
     if out.requires != sp.true:
         latex += rf"\quad\text{{valid when }} {sp.latex(out.requires)}"
@@ -229,9 +259,12 @@ def _output_form_steps(out: OutputForm) -> list[Step]:
 
 def _elementwise_context(d: ElementwiseDerivation) -> dict:
     guard = needs_nan_guard(d.forward, d.grad_x)
+    # The y-kernel: the output form where it always holds, else the conditional one (the
+    # wrapper checks its parameter condition before calling it).
+    grad_y = d.grad_y if d.grad_y is not None else d.grad_y_conditional
     body: dict[str, dict[str, str] | None] = {
         "forward": {}, "backward_x": {}, "forward_backward": {},
-        "backward_y": {} if d.grad_y is not None else None}
+        "backward_y": {} if grad_y is not None else None}
     ops: dict[str, int] = {}
     for dt in DTYPES:
         fwd, ops["forward"] = block({"y": d.forward}, dt)
@@ -246,8 +279,8 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
             lines.append("gx = x if x != x else gx")
         body["backward_x"][dt] = indent(lines + ["out[i] = gx"])
 
-        if d.grad_y is not None:
-            by, ops["backward_y"] = block({"gx": G * d.grad_y}, dt)
+        if grad_y is not None:
+            by, ops["backward_y"] = block({"gx": G * grad_y}, dt)
             lines = ["y = ys[i]", "g = gs[i]", f"# backward from y: {ops['backward_y']} ops", *by]
             if guard:
                 lines.append("gx = y if y != y else gx")
@@ -266,23 +299,28 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
             lines += ["y = x if x != x else y", "gx = x if x != x else gx"]
         body["forward_backward"][dt] = indent(lines + ["out_y[i] = y", "out_g[i] = gx"])
 
-    out = d.output_form
-    conditional = out is not None and out.expr is not None and not out.usable
     text = {"forward": sstr(d.forward), "grad_x": sstr(d.grad_x),
-            "grad_y": sstr(d.grad_y) if d.grad_y is not None else "",
+            "grad_y": sstr(grad_y) if grad_y is not None else "",
             "output_note": d.output_form_note}
+    choice = d.backward_choice
     return {
         "body": body, "text": text, "params": param_context(d.spec),
         "constraints": [{"test": print_expr(c, "float64"), "message": m}
                         for c, m in d.spec.constraints],
-        # For the wrapper: which backward form to prefer when both x and y are passed, and a
-        # conditional output form with the parameter check its y-path needs (not wired yet).
-        "prefer_y": {dt: c.form == "y" for dt, c in d.backward_choice.items()},
-        "conditional_grad_y": {
-            "requires": sp.pycode(out.requires, fully_qualified_modules=True),
-            "requires_text": sstr(out.requires),
-            "body": {dt: block({"gx": G * stabilize(out.expr)}, dt)[0] for dt in DTYPES},
-        } if conditional else None,
+        # With both x and y passed, the wrapper uses the form measured best per dtype.
+        "prefer_y": {dt: choice[dt].form == "y" for dt in DTYPES} if choice else
+        dict.fromkeys(DTYPES, False),
+        "choice_text": {dt: f"uses {choice[dt].form}: {choice[dt].reason}" for dt in DTYPES}
+        if choice and d.grad_y is not None else {},
+        # A conditional output form: the parameter test the wrapper runs before taking y.
+        "y_condition": {
+            "test": {dt: sp.pycode(c, fully_qualified_modules=True)
+                     for dt, c in d.y_requires.items()},
+            "text": {dt: condition_text(c) for dt, c in d.y_requires.items()},
+            "message": {dt: repr(condition_text(c) + (
+                f" in {dt}" if len(set(d.y_requires.values())) > 1 else ""))
+                for dt, c in d.y_requires.items()},
+        } if d.grad_y_conditional is not None else None,
     }
 
 
