@@ -68,6 +68,9 @@ class ElementwiseDerivation:
     grad_y_conditional: sp.Expr | None = None
     # dtype -> the condition on the parameters under which grad_y_conditional may be used
     y_requires: dict[str, sp.Basic] = field(default_factory=dict)
+    # "forward"/"grad_x" -> {+1/-1: the limit at ±inf}, where the kernel form gives nan there
+    # (inf·0, inf/inf) although the limit exists: the kernels return the limit instead
+    inf_limits: dict[str, dict[int, sp.Expr]] = field(default_factory=dict)
 
     @property
     def backward_needs(self) -> str:
@@ -157,6 +160,71 @@ def _choose_backward(spec: Elementwise, out: OutputForm | None, grad_x_k: sp.Exp
     return choice
 
 
+def _tail_branch(expr: sp.Expr, sign: int) -> sp.Expr:
+    """Each Piecewise replaced by the branch it takes as x -> sign·oo (ValueError if unknown)."""
+    def pick(pw: sp.Piecewise) -> sp.Expr:
+        for e, cond in pw.args:
+            taken = cond.subs(X, sign * sp.oo)
+            if taken == sp.true:
+                return e
+            if taken != sp.false:
+                raise ValueError("a branch condition at infinity depends on the parameters")
+        raise ValueError("no branch at infinity")
+
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), pick)
+
+
+def _limit_at_infinity(spec: Elementwise, expr: sp.Expr, sign: int) -> sp.Expr | None:
+    """lim expr as x -> sign·oo: SymPy's limit, accepted only where mpmath confirms it at
+    x = sign·10^400 (default parameters; SymPy gets silu' at +oo wrong, 0 for 1); where they
+    differ and the expression has no parameters, the mpmath value. None where neither holds."""
+    params = default_subs(spec)
+    f = mp_lambdify([X], stabilize(expr).subs(params))
+    ref = None
+    # From 10^150 where mpmath cannot go to 10^400 (its erfc overflows a float inside)
+    for power, big in ((400, 300), (150, 140)):
+        with mpmath.workdps(50):
+            try:
+                ref = f(mpmath.mpf(10) ** power * sign)
+            except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+                continue
+        if isinstance(ref, mpmath.mpf) and abs(ref) > mpmath.mpf(10) ** big:
+            ref = mpmath.inf * mpmath.sign(ref)
+        break
+    if not isinstance(ref, mpmath.mpf) or mpmath.isnan(ref):
+        return None
+    try:
+        lim = sp.limit(_tail_branch(explicit_form(expr), sign), X, sign * sp.oo)
+    except (ValueError, TypeError, NotImplementedError):
+        lim = None
+    if lim is not None and not lim.has(sp.Limit, sp.AccumBounds, X, sp.nan, sp.zoo):
+        value = lim.subs(params)
+        if value.is_number and (value == sp.oo * int(mpmath.sign(ref)) if mpmath.isinf(ref)
+                                else abs(float(value) - float(ref)) <= 1e-20 * (1 + abs(ref))):
+            return lim
+    if expr.free_symbols - {X}:
+        return None
+    return sp.oo * int(mpmath.sign(ref)) if mpmath.isinf(ref) else sp.Float(ref, 30)
+
+
+def _inf_limits(spec: Elementwise, kernel: sp.Expr, definition: sp.Expr) -> dict[int, sp.Expr]:
+    """{sign: limit} for the sides where the kernel form, evaluated as IEEE arithmetic does
+    (mpmath follows it: inf·0 and inf/inf are nan), gives nan at ±inf but the limit exists."""
+    f = mp_lambdify([X], kernel.subs(default_subs(spec)))
+    out = {}
+    for sign in (1, -1):
+        try:
+            value = f(mpmath.inf * sign)
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+            value = mpmath.nan
+        if isinstance(value, mpmath.mpf) and not mpmath.isnan(value):
+            continue
+        lim = _limit_at_infinity(spec, definition, sign)
+        if lim is not None:
+            out[sign] = lim
+    return out
+
+
 def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     extra = spec_rewrites(spec)
     definition = explicit_form(spec.forward)
@@ -208,8 +276,16 @@ def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     steps.append(Step("Backward form when x is at hand (fused kernel), by measurement",
                       r"\text{" + "; ".join(f"{dt}: from {c.form} ({c.reason})"
                                             for dt, c in choice.items()) + "}"))
+    limits = {"forward": _inf_limits(spec, forward_k, spec.forward),
+              "grad_x": _inf_limits(spec, grad_x_k, grad_x)}
+    limits = {k: v for k, v in limits.items() if v}
+    for what, sides in limits.items():
+        steps.append(Step(f"At ±inf ({what}): the kernel form is inf·0 or inf/inf there, so the "
+                          "kernels return the limit", r",\; ".join(
+                              rf"\lim_{{x \to {'+' if sg > 0 else '-'}\infty}} = {sp.latex(v)}"
+                              for sg, v in sides.items())))
     return ElementwiseDerivation(spec, forward_k, grad_x_k, grad_y_k, note, tuple(steps),
-                                 tuple(proofs), out, choice, grad_y_cond, y_requires)
+                                 tuple(proofs), out, choice, grad_y_cond, y_requires, limits)
 
 
 def condition_text(cond: sp.Basic) -> str:
@@ -259,6 +335,13 @@ def _output_form_steps(out: OutputForm) -> list[Step]:
 
 def _elementwise_context(d: ElementwiseDerivation) -> dict:
     guard = needs_nan_guard(d.forward, d.grad_x)
+
+    def at_inf(name: str, what: str, dt: str) -> list[str]:
+        # ±inf in: the limit where the formula would give inf·0 or inf/inf (silu(-inf) = 0)
+        scale = G if what == "grad_x" else sp.S.One  # gx = g·f'(x)
+        return [f"{name} = {print_expr(scale * v, dt)} if x == {print_expr(sg * sp.oo, dt)} "
+                f"else {name}" for sg, v in d.inf_limits.get(what, {}).items()]
+
     # The y-kernel: the output form where it always holds, else the conditional one (the
     # wrapper checks its parameter condition before calling it).
     grad_y = d.grad_y if d.grad_y is not None else d.grad_y_conditional
@@ -269,12 +352,14 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
     for dt in DTYPES:
         fwd, ops["forward"] = block({"y": d.forward}, dt)
         lines = ["x = xs[i]", f"# forward: {ops['forward']} ops", *fwd]
+        lines += at_inf("y", "forward", dt)
         if guard:
             lines.append("y = x if x != x else y  # nan in, nan out")
         body["forward"][dt] = indent(lines + ["out[i] = y"])
 
         bx, ops["backward_x"] = block({"gx": G * d.grad_x}, dt)
         lines = ["x = xs[i]", "g = gs[i]", f"# backward from x: {ops['backward_x']} ops", *bx]
+        lines += at_inf("gx", "grad_x", dt)
         if guard:
             lines.append("gx = x if x != x else gx")
         body["backward_x"][dt] = indent(lines + ["out[i] = gx"])
@@ -295,6 +380,7 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
         else:
             fb, n_fb = block({"y": d.forward, "gx": G * d.grad_x}, dt)
             lines = ["x = xs[i]", "g = gs[i]", f"# fused: {n_fb} ops", *fb]
+        lines += at_inf("y", "forward", dt) + at_inf("gx", "grad_x", dt)
         if guard:
             lines += ["y = x if x != x else y", "gx = x if x != x else gx"]
         body["forward_backward"][dt] = indent(lines + ["out_y[i] = y", "out_g[i] = gx"])
