@@ -11,8 +11,8 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 import pytest
-import sympy as sp
 import symgrad_kernels as K
+import sympy as sp
 import torch
 import torch.nn.functional as F
 from conftest import DTYPES, assert_close
