@@ -311,13 +311,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     if note:
         print(f"    output form:     {note}")
     needs = getattr(d, "backward_needs", None)
-    if needs:
+    y_requires = getattr(d, "y_requires", None)
+    if needs and y_requires:  # a conditional output form: y only where it holds
+        from symgrad.kinds.elementwise import condition_text
+
+        conds = {condition_text(c) for c in y_requires.values()}
+        when = conds.pop() if len(conds) == 1 else "; ".join(
+            f"{condition_text(c)} in {dt}" for dt, c in y_requires.items())
+        print(f"  backward needs: the input x, or the saved output y when {when} "
+              "(else backward from y alone raises ValueError naming the condition)")
+    elif needs:
         print(f"  backward needs: {_NEEDS.get(needs, needs)}")
     else:
         params = _generated_signature(ops.package_dir / f"{spec.name}.py",
                                       f"{spec.name}_backward") or []
         required = [p for p in params if "=" not in p]
         print(f"  backward needs: {', '.join(required) or 'see its docstring'}")
+    choice = getattr(d, "backward_choice", None)
+    if needs == "y" and choice:  # the measured default per dtype
+        print("  with both x and y (and in the fused kernel): " + "; ".join(
+            f"{dt} uses {c.form} ({c.reason})" for dt, c in choice.items()))
     exports = kind_of(spec).exports(spec)
     print(f"  generated:  {_display(ops.package_dir / (spec.name + '.py'))}: "
           f"{', '.join(exports)}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
+from sympy.printing.precedence import precedence
 from sympy.printing.pycode import PythonCodePrinter
 
 from symgrad.functions import LibraryFunction
 
 DTYPES = ("float32", "float64")
 # The vectorizable elementary functions every generated package carries (see _functions.py.j2).
-VECTOR_FUNCTIONS = ("exp", "expm1", "log", "log1p", "tanh", "erf")
+VECTOR_FUNCTIONS = ("exp", "expm1", "log", "log1p", "tanh", "erf", "erfc")
 
 
 class PrinterError(ValueError):
@@ -35,8 +36,8 @@ class NumbaPrinter(PythonCodePrinter):
     # Elementary functions print as the generated package's vectorizable versions
     # (templates/cpu/vecmath.py, re-exported by _functions.py): Numba's math.exp & co. are
     # scalar libm calls that stop LLVM from vectorizing the loop.
-    _math = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf", log1p: "log1p",
-             expm1: "expm1"}
+    _math = {sp.exp: "exp", sp.log: "log", sp.tanh: "tanh", sp.erf: "erf", sp.erfc: "erfc",
+             log1p: "log1p", expm1: "expm1"}
     # Rarer functions users may write: Numba's scalar libm (correct, just not vectorized).
     _libm = {sp.cosh: "math.cosh", sp.sinh: "math.sinh"}
 
@@ -113,13 +114,19 @@ class NumbaPrinter(PythonCodePrinter):
         return f"{b}**{e}"
 
     def _print_Mul(self, expr: sp.Mul) -> str:
-        # The numeric coefficient goes last: -4.0*x*y overflows at x = -max/2 where
-        # (x*y)*-4.0 does not, when y is 0 there (mish', gelu's sqrt(2)*x).
+        # A numeric coefficient that can only grow the product goes last: -4.0*x*y overflows
+        # at x = -max/2 where (x*y)*-4.0 does not, when y is 0 there (mish', gelu's √2·x).
+        # One that can only shrink it goes first: (x*(1 + erf))*0.5 overflows at x > max/2
+        # where (0.5*x)*(1 + erf) does not (gelu at the top of the range).
         coeff, rest = expr.as_coeff_Mul()
         if coeff == 1 or rest == 1 or not coeff.is_Number:
             return super()._print_Mul(expr)
         if coeff == -1:
             return f"-({self._print(rest)})"
+        if abs(coeff) < 1:  # left to right: (c*a)*b, no parentheses around a*b
+            body = super()._print_Mul(rest) if isinstance(rest, sp.Mul) else \
+                self.parenthesize(rest, precedence(expr))
+            return f"{self._print(coeff)}*{body}"
         return f"({self._print(rest)})*{self._print(coeff)}"
 
     # -- functions -------------------------------------------------------------------------------
@@ -135,7 +142,7 @@ class NumbaPrinter(PythonCodePrinter):
             raise PrinterError(f"no Numba rule for function {expr.func}")
         return f"{self._prefix}{helper_name(name, self.dtype)}({self._print(expr.args[0])})"
 
-    _print_exp = _print_log = _print_tanh = _print_erf = _print_Function
+    _print_exp = _print_log = _print_tanh = _print_erf = _print_erfc = _print_Function
     _print_log1p = _print_expm1 = _print_Function
 
     def _print_Abs(self, expr: sp.Abs) -> str:
@@ -195,7 +202,7 @@ class NumbaPrinter(PythonCodePrinter):
 # PythonCodePrinter prints these itself without the strict check: route them through the
 # rules above, so anything without a rule raises PrinterError instead of printing a bare name.
 for _name in ("sin", "cos", "tan", "sinh", "cosh", "asin", "acos", "atan", "asinh", "acosh",
-              "atanh", "atan2", "floor", "ceiling", "gamma", "loggamma", "erfc", "log10", "log2",
+              "atanh", "atan2", "floor", "ceiling", "gamma", "loggamma", "log10", "log2",
               "hypot", "factorial", "frac", "fresnelc", "fresnels", "lowergamma", "uppergamma",
               "ln", "Sqrt", "isinf", "isnan"):
     setattr(NumbaPrinter, f"_print_{_name}", NumbaPrinter._print_Function)
@@ -206,6 +213,19 @@ def count_ops(exprs: list[sp.Expr]) -> int:
     return int(sum(sp.count_ops(e) for e in exprs))
 
 
+def _is_constant(e: sp.Basic) -> bool:
+    return isinstance(e, sp.Expr) and not e.is_Rational and not e.is_Float and \
+        e.is_number and e.is_real is True and e.is_finite is True
+
+
+def fold_constants(expr: sp.Expr) -> sp.Expr:
+    """Irrational constants (√2, 1/√π, log 2) as one correctly rounded Float each, folded into
+    the product's numeric coefficient, which the printer multiplies last. Left symbolic, CSE
+    may name √2 (or √2·x) a temporary, and √2·x·e^(-x²/2) then overflows to inf·0 = nan for
+    |x| > max/√2 where the product is 0 (gelu')."""
+    return expr.replace(_is_constant, lambda e: sp.Float(e.evalf(40), 40))
+
+
 def print_block(outputs: dict[str, sp.Expr], dtype: str, indent: int = 4,
                 helper_module: str = "_fn") -> tuple[list[str], int]:
     """Statements assigning each output, with common subexpressions shared.
@@ -214,8 +234,8 @@ def print_block(outputs: dict[str, sp.Expr], dtype: str, indent: int = 4,
     """
     printer = NumbaPrinter(dtype, helper_module=helper_module)
     names = list(outputs)
-    temps, reduced = sp.cse(list(outputs.values()), symbols=sp.numbered_symbols("_c"),
-                            optimizations="basic")
+    values = [fold_constants(sp.sympify(v)) for v in outputs.values()]
+    temps, reduced = sp.cse(values, symbols=sp.numbered_symbols("_c"), optimizations="basic")
     pad = " " * indent
     lines = [f"{pad}{sym.name} = {printer.doprint(expr)}" for sym, expr in temps]
     lines += [f"{pad}{name} = {printer.doprint(expr)}" for name, expr in

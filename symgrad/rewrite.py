@@ -389,15 +389,22 @@ _register(Rewrite(
 ))
 
 def _erfc_form(u: sp.Expr, s: int) -> sp.Expr:
-    """1 + s·erf(u) without cancellation. Not erfc(-s·u): SymPy rewrites erfc(-v) as
-    2 - erfc(v) on construction, which cancels again; erfc(|u|) it leaves alone."""
-    return sp.Piecewise((2 - sp.erfc(s * u), s * u >= 0), (sp.erfc(sp.Abs(u)), True))
+    """1 + s·erf(u) without cancellation: 2 - erfc(|u|) where s·u >= 0 (in [1, 2]), else
+    erfc(|u|). Not erfc(-s·u): SymPy rewrites erfc(-v) as 2 - erfc(v) on construction, which
+    cancels again; erfc(|u|) it leaves alone, and both branches share it (one erfc call after
+    CSE). The condition reads the sign of u's symbolic part: u = x/√2 tests x >= 0, so that
+    √2·x is never formed (it overflows where x·e^(-x²/2) is still 0)."""
+    coeff, rest = u.as_independent(*u.free_symbols, as_Add=False) if u.free_symbols else (1, u)
+    sign = s if coeff.is_positive else (-s if coeff.is_negative else None)
+    cond = rest >= 0 if sign == 1 else (rest <= 0 if sign == -1 else s * u >= 0)
+    e = sp.erfc(sp.Abs(u))
+    return sp.Piecewise((2 - e, cond), (e, True))
 
 
 _register(Rewrite(
     "erfc", "1 ± erf(u) -> erfc(∓u)",
     "erf(u) rounds to ∓1 for |u| > 6: 1 ± erf(u) is 0 instead of erfc(|u|) (gelu's "
-    "x(1 + erf(x/√2))/2 for x < -8); opt-in until the printer has a rule for erfc",
+    "x(1 + erf(x/√2))/2 for x < -8)",
     _one_plus_value(sp.erf, _erfc_form),
     1 + sp.erf(Z), ((-10.0, 0.0), (-26.0, 0.0)),
 ))
@@ -590,14 +597,14 @@ _register(Rewrite(
 # so that log1p/expm1 never see the overflow-prone log(1 + e^u).
 DEFAULT: tuple[str, ...] = (
     "sigmoid", "tanh", "softplus", "logsumexp", "one_minus_sigmoid", "logsigmoid",
-    "one_plus_tanh", "rational_cancel", "expm1", "log1p", "common_factor",
+    "one_plus_tanh", "erfc", "rational_cancel", "expm1", "log1p", "common_factor",
 )
 # Opt-in only: they change the printed form of forms that are already safe in branching code.
 # sech_squared is opt-in until the printer multiplies a product's numeric coefficient last: CSE
 # turns σ·(4 - 4σ) into -4·σ·(σ - 1), and in mish' = x·sech²(softplus x)·σ(x) + ... the kernel
 # then evaluates -4·0.5·x first, which overflows for |x| > max/2 where the result is finite.
 OPT_IN: tuple[str, ...] = ("branch_exp_guard", "bce_with_logits", "softplus_max_form",
-                           "log_one_minus_sigmoid", "sech_squared", "erfc")
+                           "log_one_minus_sigmoid", "sech_squared")
 # What the mpmath references of symgrad.accuracy add, so that 50 digits stay 50 digits whatever
 # the default chain holds: mpmath has erfc, and constants in products do not overflow there.
 REFERENCE_EXTRA: tuple[str, ...] = ("erfc", "sech_squared")

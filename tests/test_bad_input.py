@@ -52,7 +52,10 @@ def test_unknown_and_out_of_domain_parameters():
 def test_backward_names_what_it_needs():
     g = np.ones(3)
     with pytest.raises(TypeError, match="needs x"):
-        K.leaky_relu_backward(g, y=g)
+        K.silu_backward(g, y=g)
+    # leaky_relu's output form holds only for a non-negative slope: the condition is named.
+    with pytest.raises(ValueError, match=r"needs negative_slope >= 0; pass x="):
+        K.leaky_relu_backward(g, y=g, negative_slope=-0.5)
     with pytest.raises(TypeError, match="needs y"):
         K.sigmoid_backward(g)
 

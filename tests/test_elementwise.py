@@ -101,6 +101,7 @@ def test_against_torch(spec, dtype):
         yt = torch_fn(spec)(xt, **{**defaults, **p})  # torch.threshold has no defaults
         yt.backward(torch.tensor(g))
         y_ref, g_ref = yt.detach().numpy(), xt.grad.numpy()
+        y_ref = _limits_where_torch_is_nan(spec, x, y_ref, {**defaults, **p})
         y = kernel(spec, "forward")(x, **p)
         assert_close(y, y_ref, dtype, f"{spec.name} forward")
         finite = np.isfinite(x)  # the derivative at ±inf is a convention
@@ -110,6 +111,40 @@ def test_against_torch(spec, dtype):
         y2, g2 = kernel(spec, "forward_backward")(x, g, **p)
         np.testing.assert_array_equal(y2, y)
         assert_close(g2[finite], g_ref[finite], dtype, f"{spec.name} fused backward", rtol=rtol)
+
+
+def _limits_where_torch_is_nan(spec, x, y_ref, params):
+    """A deliberate departure from torch: at ±inf the kernels return the mathematical limit
+    where the formula is inf·0 or inf/inf (softsign(±inf) = ±1, silu/mish/hardswish(-inf) = 0;
+    torch gives nan). Only there, and only where torch gives nan, the reference is the limit
+    the derivation found (checked against mpmath when it was derived)."""
+    limits = derive(spec).inf_limits.get("forward", {})
+    subs = {sp.Symbol(k, real=True): v for k, v in params.items()}
+    y_ref = y_ref.copy()
+    for sign, limit in limits.items():
+        at = (x == sign * np.inf) & np.isnan(y_ref)
+        y_ref[at] = float(limit.subs(subs))
+    return y_ref
+
+
+@pytest.mark.parametrize("spec", ELEMENTWISE)
+def test_limits_at_infinity(spec):
+    """±inf in gives the mathematical limit of f and of f' (where it exists), never a nan
+    made by inf·0 or inf/inf in the formula. The limits: SymPy's, confirmed in mpmath."""
+    from symgrad.kinds.elementwise import _limit_at_infinity
+
+    for dtype in DTYPES:
+        x = np.array([np.inf, -np.inf], dtype=dtype)
+        y, gx = kernel(spec, "forward_backward")(x, np.ones_like(x))
+        gx2 = kernel(spec, "backward")(np.ones_like(x), x=x)
+        for k, sign in enumerate((1, -1)):
+            for what, got in (("forward", y[k]), ("grad_x", gx[k]), ("grad_x", gx2[k])):
+                expr = spec.forward if what == "forward" else sp.diff(spec.forward, X)
+                limit = _limit_at_infinity(spec, expr, sign)
+                if limit is None:
+                    continue
+                want = float(limit.subs({p.symbol: p.default for p in spec.numeric_params}))
+                assert got == np.asarray(want, dtype), (spec.name, what, sign, got, want)
 
 
 @pytest.mark.parametrize("spec", ELEMENTWISE)
@@ -195,3 +230,22 @@ def test_float32_kernels_do_no_float64_arithmetic(spec):
         fresh(*args, *params, x.size)
         ir = fresh.inspect_llvm(fresh.signatures[0])
         assert not re.search(r"fpext float .* to double|f(add|sub|mul|div) double", ir), name
+
+
+@pytest.mark.parametrize("spec", ELEMENTWISE)
+def test_finite_at_the_largest_inputs(spec):
+    """At ±max (and ±max/√2, where gelu's √2·x used to overflow into inf·0), every output whose
+    limit at ±inf is finite is finite: no intermediate overflows where the result does not."""
+    from symgrad.kinds.elementwise import _limit_at_infinity
+
+    for dtype in DTYPES:
+        big = float(np.finfo(dtype).max)
+        for sign in (1, -1):
+            x = np.array([sign * big, sign * big / 1.4142, sign * big / 2.1], dtype=dtype)
+            y, gx = kernel(spec, "forward_backward")(x, np.ones_like(x))
+            for what, got, expr in (("forward", y, spec.forward),
+                                    ("grad_x", gx, sp.diff(spec.forward, X))):
+                limit = _limit_at_infinity(spec, expr, sign)
+                if limit is not None and limit.subs(
+                        {p.symbol: p.default for p in spec.numeric_params}).is_finite:
+                    assert np.isfinite(got).all(), (spec.name, dtype, what, x, got)

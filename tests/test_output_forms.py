@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import mpmath
 import numpy as np
@@ -19,6 +20,7 @@ from conftest import DTYPES, assert_close, kernel, ops_of, torch_fn
 
 from symgrad.derive import default_subs, derive, find_output_form, mp_lambdify, stabilize
 from symgrad.functions import logsigmoid, sigmoid, softplus
+from symgrad.kinds.elementwise import condition_text
 from symgrad.spec import Elementwise, Param, X, Y
 
 ALPHA = sp.Symbol("alpha", real=True)
@@ -216,3 +218,92 @@ def test_backward_from_y_matches_torch(spec, dtype):
     # The y-form inherits y's rounding (σ' = y(1-y) near y = 1): relative to the largest value.
     rtol = {np.float32: 2e-5, np.float64: 1e-12}[dtype]
     assert_close(got, want, dtype, f"{spec.name} backward(y=)", rtol=rtol)
+
+
+# -- conditional output forms and the per-dtype default when both x and y are given -------------
+
+COND_OPS = [p for p in ops_of("elementwise") if derive(p.values[0]).grad_y_conditional is not None]
+
+# op -> parameters under which its conditional output form does not hold (dtype -> params)
+BREAKS = {
+    "leaky_relu": {"negative_slope": -0.5},
+    "hardshrink": {"lambd": -0.5},
+    "threshold": {"threshold": 0.0, "value": 1.0},
+    "softplus": {"threshold": 10.0},  # e^-10 > 2^-24: the approximate form is too coarse
+}
+
+
+def test_conditional_forms_cover_the_expected_ops():
+    assert {"leaky_relu", "softplus"} <= {p.values[0].name for p in COND_OPS}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", COND_OPS)
+def test_conditional_output_form_backward_from_y(spec, dtype):
+    """Where the condition holds (the defaults, except softplus in float64) backward takes y
+    and matches backward from x; where it fails, y alone is refused with a ValueError naming
+    the condition, and y with x uses x."""
+    d = derive(spec)
+    x = np.concatenate([np.linspace(-6, 6, 97), [0.0, -0.0, 25.0, -25.0]]).astype(dtype)
+    g = np.random.default_rng(2).uniform(0.5, 2, x.shape).astype(dtype)
+    bwd = kernel(spec, "backward")
+    defaults = default_subs(spec)
+    holds = bool(d.y_requires[np.dtype(dtype).name].subs(defaults))
+    y = kernel(spec, "forward")(x)
+    if holds:
+        assert_close(bwd(g, y=y), bwd(g, x=x), dtype, f"{spec.name} backward(y=)",
+                     rtol={np.float32: 2e-6, np.float64: 1e-15}[dtype])
+    else:
+        with pytest.raises(ValueError, match="from y needs .*; pass x="):
+            bwd(g, y=y)
+    bad = BREAKS[spec.name]
+    assert not bool(d.y_requires[np.dtype(dtype).name].subs(
+        {**defaults, **{sp.Symbol(k, real=True): v for k, v in bad.items()}}))
+    y = kernel(spec, "forward")(x, **bad)
+    text = condition_text(d.y_requires[np.dtype(dtype).name])
+    with pytest.raises(ValueError, match=re.escape(f"{spec.name}_backward from y needs {text}")):
+        bwd(g, y=y, **bad)
+    np.testing.assert_array_equal(bwd(g, x=x, y=y, **bad), bwd(g, x=x, **bad))
+
+
+def test_leaky_relu_backward_from_y_with_a_positive_slope_matches_torch():
+    x = np.linspace(-3, 3, 61).astype(np.float32)
+    g = np.random.default_rng(5).uniform(0.5, 2, x.shape).astype(np.float32)
+    import symgrad_kernels as K
+
+    y = K.leaky_relu_forward(x, negative_slope=0.2)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.leaky_relu(xt, 0.2).backward(torch.tensor(g))
+    np.testing.assert_array_equal(K.leaky_relu_backward(g, y=y, negative_slope=0.2),
+                                  xt.grad.numpy())
+
+
+Y_FORM_OPS = [p for p in ops_of("elementwise") if derive(p.values[0]).grad_y is not None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", Y_FORM_OPS)
+def test_both_x_and_y_use_the_measured_default(spec, dtype):
+    """With x and y both passed, backward uses the form the measurement chose for the dtype
+    (the one the fused kernel uses too), not y unconditionally."""
+    d = derive(spec)
+    x = np.concatenate([np.linspace(-40, 40, 161), [17.0, 37.0, -17.0]]).astype(dtype)
+    g = np.random.default_rng(6).uniform(0.5, 2, x.shape).astype(dtype)
+    bwd = kernel(spec, "backward")
+    y = kernel(spec, "forward")(x)
+    form = d.backward_default[np.dtype(dtype).name]
+    want = bwd(g, y=y) if form == "y" else bwd(g, x=x)
+    np.testing.assert_array_equal(bwd(g, x=x, y=y), want)
+
+
+def test_sigmoid_with_x_and_y_keeps_the_digits_y_loses():
+    """σ(17) rounds to 1 in float32: y(1-y) is 0, the x-form gives σ'(17) = 4.1e-8."""
+    import symgrad_kernels as K
+
+    x = np.array([17.0, 20.0], np.float32)
+    g = np.ones_like(x)
+    y = K.sigmoid_forward(x)
+    assert (K.sigmoid_backward(g, y=y) == 0).all()
+    got = K.sigmoid_backward(g, x=x, y=y)
+    want = [float(mpmath.exp(-v) / (1 + mpmath.exp(-v)) ** 2) for v in (17, 20)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)

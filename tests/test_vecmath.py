@@ -27,11 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 VECMATH_PATH = REPO / "templates" / "cpu" / "vecmath.py"
 MODULE_NAME = "symgrad_vecmath_under_test"
 
-FUNCS = ["exp", "expm1", "log", "log1p", "tanh", "erf", "sigmoid"]
+FUNCS = ["exp", "expm1", "log", "log1p", "tanh", "erf", "erfc", "sigmoid"]
 DTYPES = {"f32": np.float32, "f64": np.float64}
 TEST_POINTS = 20_000  # per function and dtype
 MAX_ULP = 2.0  # for exact results in the normal range
+# erfc's tail is e^(-a^2) F(a): the rounded exponential, the polynomial (whose float32
+# coefficients alone are 2^-24 off) and the product add up (the issue's target is 4)
+MAX_ULP_OF = {"erfc": 4.0}
 MAX_SUBNORMAL_STEPS = 1.0  # for exact results in the subnormal range
+MAX_SUBNORMAL_STEPS_OF = {"erfc": 2.0}  # its 2-3 ULP relative error shows near 2^-126
 
 
 def _load_vecmath() -> ModuleType:
@@ -53,6 +57,14 @@ def _sigmoid_ref(v: mpmath.mpf) -> mpmath.mpf:
     return 1 / (1 + mpmath.exp(-v))
 
 
+def _erfc_ref(v: mpmath.mpf) -> mpmath.mpf:
+    # mpmath's erfc overflows internally for huge arguments; beyond 30 it is below every
+    # subnormal (erfc(30) = 2.6e-393), so 0 and 2 are exact enough there
+    if abs(v) > 30:
+        return mpmath.mpf(0) if v > 0 else mpmath.mpf(2)
+    return mpmath.erfc(v)
+
+
 REFERENCE = {
     "exp": mpmath.exp,
     "expm1": mpmath.expm1,
@@ -60,6 +72,7 @@ REFERENCE = {
     "log1p": mpmath.log1p,
     "tanh": mpmath.tanh,
     "erf": mpmath.erf,
+    "erfc": _erfc_ref,
     "sigmoid": _sigmoid_ref,
 }
 
@@ -72,6 +85,7 @@ CORE = {
     "log1p": {"f32": (-1.0, 4.0), "f64": (-1.0, 4.0)},
     "tanh": {"f32": (-10.0, 10.0), "f64": (-20.0, 20.0)},
     "erf": {"f32": (-4.0, 4.0), "f64": (-6.0, 6.0)},
+    "erfc": {"f32": (-4.0, 10.1), "f64": (-6.0, 27.3)},
     "sigmoid": {"f32": (-104.0, 20.0), "f64": (-746.0, 40.0)},
 }
 
@@ -102,6 +116,7 @@ def special_points(dtype) -> np.ndarray:
     vals = [0.0, 1.0, 0.5, 2.0, 1e-3, fi.smallest_subnormal, fi.tiny, fi.eps, fi.max]
     vals += [88.72, 88.7228, 89.0, 103.9, 104.0, 709.78, 709.79, 745.1, 0.875, 0.5493, 3.92]
     vals += [5.92, 9.0, 19.0, 30.0, 0.34657359, 0.6931472, 1.0397208, 17.3, 37.4]
+    vals += [0.25, 1.875, 4.5, 10.05, 10.1, 26.5, 27.2, 27.3]  # erfc's pieces and tail
     pts = np.array(vals, dtype=np.float64)
     with np.errstate(over="ignore"):
         pts = np.concatenate([pts, -pts]).astype(dtype)
@@ -193,8 +208,9 @@ def test_accuracy_sweep(name: str, suffix: str) -> None:
     x = sample_points(name, suffix, TEST_POINTS, seed=1234)
     res = sweep(name, suffix, x)
     assert not res.failures, res.failures[:10]
-    assert res.max_ulp <= MAX_ULP, f"{res.max_ulp:.3f} ULP at x={res.worst_x!r}"
-    assert res.max_subnormal_steps <= MAX_SUBNORMAL_STEPS
+    limit = MAX_ULP_OF.get(name, MAX_ULP)
+    assert res.max_ulp <= limit, f"{res.max_ulp:.3f} ULP at x={res.worst_x!r}"
+    assert res.max_subnormal_steps <= MAX_SUBNORMAL_STEPS_OF.get(name, MAX_SUBNORMAL_STEPS)
 
 
 @pytest.mark.parametrize("suffix", DTYPES)
@@ -259,6 +275,14 @@ COMMON_SPECIALS = [
     ("erf", -0.0, -0.0),
     ("erf", 10.0, 1.0),
     ("erf", -10.0, -1.0),
+    ("erfc", NAN, NAN),
+    ("erfc", INF, 0.0),
+    ("erfc", -INF, 2.0),
+    ("erfc", 0.0, 1.0),
+    ("erfc", -0.0, 1.0),
+    ("erfc", 1e4, 0.0),
+    ("erfc", -1e4, 2.0),
+    ("erfc", -30.0, 2.0),
     ("sigmoid", NAN, NAN),
     ("sigmoid", INF, 1.0),
     ("sigmoid", -INF, 0.0),
@@ -279,6 +303,7 @@ DTYPE_SPECIALS = {
         ("expm1", 89.0, INF),
         ("expm1", -30.0, -1.0),
         ("sigmoid", -104.0, 0.0),
+        ("erfc", 10.1, 0.0),
     ],
     "f64": [
         ("exp", 710.0, INF),
@@ -290,6 +315,7 @@ DTYPE_SPECIALS = {
         ("expm1", 710.0, INF),
         ("expm1", -40.0, -1.0),
         ("sigmoid", -746.0, 0.0),
+        ("erfc", 27.3, 0.0),
     ],
 }
 

@@ -25,6 +25,8 @@ tanh_f32 = _vecmath.tanh_f32
 tanh_f64 = _vecmath.tanh_f64
 erf_f32 = _vecmath.erf_f32
 erf_f64 = _vecmath.erf_f64
+erfc_f32 = _vecmath.erfc_f32
+erfc_f64 = _vecmath.erfc_f64
 
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.

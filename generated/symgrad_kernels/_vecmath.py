@@ -7,7 +7,7 @@ calls, which stop LLVM's loop vectorizer.  These functions use only arithmetic,
 selects and integer bit manipulation, so once LLVM has inlined them into the caller's
 loop (``range`` or ``prange``) the loop vectorizes (SSE2 / AVX2 / AVX-512).
 
-Functions: ``exp, expm1, log, log1p, tanh, erf, sigmoid``, each as ``<name>_f32`` and
+Functions: ``exp, expm1, log, log1p, tanh, erf, erfc, sigmoid``, each as ``<name>_f32`` and
 ``<name>_f64``.  ``*_f32`` converts its argument to float32, computes in float32 only
 and returns float32; ``*_f64`` likewise in float64.
 
@@ -66,6 +66,8 @@ __all__ = [
     "tanh_f64",
     "erf_f32",
     "erf_f64",
+    "erfc_f32",
+    "erfc_f64",
     "sigmoid_f32",
     "sigmoid_f64",
 ]
@@ -458,19 +460,48 @@ def tanh_f64(x):
 
 
 @_jit
-def erf_f32(x):
-    """erf, float32.  Odd (erf(-0.0) = -0.0), erf(+-inf) = +-1."""
-    x = np.float32(x)
-    a = abs(x)
-    # |x| < 0.875: a + a (A(z) - 1), z = a^2, A ~ erf(a)/a, rel. error 2^-32.2
-    z = a * a
+def _pick3(first, second, a, b, c):
+    """a where ``first``, else b where ``second``, else c: a select, no branch."""
+    return a if first else (b if second else c)
+
+
+@_jit
+def _erf_small_f32(z):
+    """A(z) - 1 for z = a^2, a < 0.875, A ~ erf(a)/a: rel. error of erf 2^-32.2."""
     p = _F(8.675392e-05)
     p = p * z + _F(-0.0008211104)
     p = p * z + _F(0.0052067474)
     p = p * z + _F(-0.026861584)
     p = p * z + _F(0.11283733)
     p = p * z + _F(-0.37612635)
-    p = p * z + _F(0.12837917)  # 2/sqrt(pi) - 1
+    return p * z + _F(0.12837917)  # 2/sqrt(pi) - 1
+
+
+@_jit
+def _erf_small_f64(z):
+    """A(z) - 1 for z = a^2, a < 0.875: rel. error of erf 2^-61.4."""
+    p = -8.65511499935862e-10
+    p = p * z + 1.4118058371695962e-08
+    p = p * z + -1.6288380590212312e-07
+    p = p * z + 1.6456518574521897e-06
+    p = p * z + -1.4925381489784114e-05
+    p = p * z + 0.00012055324326119725
+    p = p * z + -0.0008548326839445134
+    p = p * z + 0.0052239776229561306
+    p = p * z + -0.026866170644932613
+    p = p * z + 0.11283791670954303
+    p = p * z + -0.37612638903183737
+    return p * z + 0.1283791670955126
+
+
+
+@_jit
+def erf_f32(x):
+    """erf, float32.  Odd (erf(-0.0) = -0.0), erf(+-inf) = +-1."""
+    x = np.float32(x)
+    a = abs(x)
+    # |x| < 0.875: a + a (A(z) - 1), z = a^2, A ~ erf(a)/a
+    p = _erf_small_f32(a * a)
     small = a + a * p
     # 0.875 <= |x| < 3.92: 1 - e^(-a^2) B(a - 1.75), B ~ erfc(a) e^(a^2), its error
     # weighted by the effect on erf: 2^-29.6.  a - 1.75 is exact on the whole interval.
@@ -499,20 +530,8 @@ def erf_f64(x):
     """erf, float64.  Odd (erf(-0.0) = -0.0), erf(+-inf) = +-1."""
     x = np.float64(x)
     a = abs(x)
-    # |x| < 0.875: a + a (A(z) - 1), rel. error 2^-61.4
-    z = a * a
-    p = -8.65511499935862e-10
-    p = p * z + 1.4118058371695962e-08
-    p = p * z + -1.6288380590212312e-07
-    p = p * z + 1.6456518574521897e-06
-    p = p * z + -1.4925381489784114e-05
-    p = p * z + 0.00012055324326119725
-    p = p * z + -0.0008548326839445134
-    p = p * z + 0.0052239776229561306
-    p = p * z + -0.026866170644932613
-    p = p * z + 0.11283791670954303
-    p = p * z + -0.37612638903183737
-    p = p * z + 0.1283791670955126
+    # |x| < 0.875: a + a (A(z) - 1)
+    p = _erf_small_f64(a * a)
     small = a + a * p
     # 0.875 <= |x| < 5.93: 1 - e^(-a^2) B(t), t = 1/(a + 3) - 0.1875 (the subtraction
     # is exact; centring keeps the terms small), weighted error 2^-59.3.
@@ -549,6 +568,122 @@ def erf_f64(x):
     large = 1.0 - exp_f64(-(ac * ac)) * q
     res = small if a < 0.875 else (large if a < 5.93 else 1.0)
     res = math.copysign(res, x)
+    return x if x != x else res
+
+
+# ---------------------------------------------------------------------------
+# erfc
+# ---------------------------------------------------------------------------
+# erfc(x) = 1 - erf(x) without the cancellation for x >> 0 (gelu's x(1 + erf(x/sqrt2))/2 for
+# x << 0 is x erfc(-x/sqrt2)/2).  |x| < 0.875: from erf's polynomial, 1 - erf(x) >= 0.21.
+# 0.875 <= |x|: e^(-a^2) F(a), a = |x|, F ~ erfc(a) e^(a^2) (times a on the outer pieces) by
+# one polynomial whose coefficients are selected per interval (branch-free).  e^(-a^2) is
+# e^(-ah^2 - al (a + ah)) with a = ah + al and ah^2 exact: the rounding of a^2 would cost
+# a^2 ULP (700 in float64).  x < -0.875: 2 - erfc(|x|), in [1.78, 2], no cancellation.
+
+
+@_jit
+def erfc_f32(x):
+    """erfc = 1 - erf, float32, accurate in the tail.  erfc(inf) = 0, erfc(-inf) = 2."""
+    x = np.float32(x)
+    a = abs(x)
+    # |x| < 0.875: 1 - (x + x p); from 1/4 up as 0.5 - ((x - 0.5) + x p), x - 0.5 exact
+    r = x * _erf_small_f32(x * x)
+    small = _F(1.0) - (x + r) if x < _F(0.25) else _F(0.5) - ((x - _F(0.5)) + r)
+    # erfc rounds to 0 beyond 10.06; lanes outside [0.875, 10.1) (nan too) compute at 0.875
+    ac = a if a > _F(0.875) else _F(0.875)
+    ac = ac if ac < _F(10.1) else _F(0.875)
+    in_a = ac < _F(1.875)
+    in_t = ac < _F(4.5)
+    inv = _F(1.0) / ac
+    u_t = (inv - _F(0.37777779)) * _F(8.0)
+    u_s = (inv * inv - _F(0.029592838)) * _F(64.0)
+    u = (ac - _F(1.375)) * _F(2.0) if in_a else (u_t if in_t else u_s)
+    # F: erfc(a) e^(a^2) on the first piece, a erfc(a) e^(a^2) on the others
+    #   a = a on [0.875, 1.875]: u = (a - _F(1.375))*2, rel. error 2^-24.5
+    #   t = 1/a on [1.875, 4.5]: u = (t - _F(0.37777779))*8, rel. error 2^-24.1
+    #   s = 1/a^2 on [4.5, 10.1]: u = (s - _F(0.029592838))*64, rel. error 2^-25.1
+    q = _pick3(in_a, in_t, _F(1.3438996e-06), _F(6.5733183e-09), _F(2.6289368e-12))
+    q = q * u + _pick3(in_a, in_t, _F(-7.776117e-06), _F(-1.15720574e-07), _F(-3.2223023e-11))
+    q = q * u + _pick3(in_a, in_t, _F(4.019305e-05), _F(7.318429e-07), _F(4.3027673e-10))
+    q = q * u + _pick3(in_a, in_t, _F(-0.00021226876), _F(-1.0610114e-06), _F(-6.7162116e-09))
+    q = q * u + _pick3(in_a, in_t, _F(0.0010678289), _F(-2.8512748e-05), _F(1.2316035e-07))
+    q = q * u + _pick3(in_a, in_t, _F(-0.005063026), _F(0.00034370014), _F(-2.7841381e-06))
+    q = q * u + _pick3(in_a, in_t, _F(0.022465529), _F(-0.0014151271), _F(8.4276864e-05))
+    q = q * u + _pick3(in_a, in_t, _F(-0.09215773), _F(-0.019011596), _F(-0.0040546856))
+    q = q * u + _pick3(in_a, in_t, _F(0.3432959), _F(0.53043854), _F(0.5561873))
+    q = q if in_a else q / ac
+    ah = np.int32(np.float32(ac).view(np.int32) & np.int32(-4096)).view(np.float32)  # 12 bits
+    n, r1, c = _exp_reduce_f32(-(ah * ah))
+    ph, pl = _exp_pair_f32(_F(1.0), r1, c + (ac - ah) * (ac + ah))
+    d = min(n + 100, 0)  # 2^n = 2^(n-d) 2^d: one rounding where the result is subnormal
+    large = (ph * q + pl * q) * _pow2_f32(n - d) * _pow2_f32(d)
+    large = large if a < _F(10.1) else _F(0.0)
+    res = small if a < _F(0.875) else (large if x > _F(0.0) else _F(2.0) - large)
+    return x if x != x else res
+
+
+@_jit
+def erfc_f64(x):
+    """erfc = 1 - erf, float64, accurate in the tail.  erfc(inf) = 0, erfc(-inf) = 2."""
+    x = np.float64(x)
+    a = abs(x)
+    r = x * _erf_small_f64(x * x)
+    small = 1.0 - (x + r) if x < 0.25 else 0.5 - ((x - 0.5) + r)
+    # erfc rounds to 0 beyond 27.23
+    ac = a if a > 0.875 else 0.875
+    ac = ac if ac < 27.3 else 0.875
+    in_a = ac < 1.875
+    in_t = ac < 4.5
+    inv = 1.0 / ac
+    u_t = (inv - 0.37777777777777777) * 8.0
+    u_s = (inv * inv - 0.02536223781645027) * 32.0
+    u = (ac - 1.375) * 2.0 if in_a else (u_t if in_t else u_s)
+    #   a = a on [0.875, 1.875]: u = (a - 1.375)*2, rel. error 2^-53.8
+    #   t = 1/a on [1.875, 4.5]: u = (t - 0.37777777777777777)*8, rel. error 2^-53.4
+    #   s = 1/a^2 on [4.5, 27.3]: u = (s - 0.02536223781645027)*32, rel. error 2^-54.1
+    q = _pick3(in_a, in_t, -4.771660747069418e-14, 4.205235120126003e-16, -2.781379738628855e-15)
+    q = q * u + _pick3(in_a, in_t, 3.5752116840054456e-13, 1.0569890251450089e-14,
+                       9.337139661922789e-15)
+    q = q * u + _pick3(in_a, in_t, -2.4053656934205967e-12, -1.0176983369358922e-13,
+                       -2.520003095177655e-14)
+    q = q * u + _pick3(in_a, in_t, 1.7150689256416798e-11, 4.3948613639747706e-13,
+                       9.390964085806875e-14)
+    q = q * u + _pick3(in_a, in_t, -1.1967345470179562e-10, -6.334509957933273e-13,
+                       -3.746779757723398e-13)
+    q = q * u + _pick3(in_a, in_t, 8.108047933496491e-10, -8.003214604789763e-12,
+                       1.5322734958007816e-12)
+    q = q * u + _pick3(in_a, in_t, -5.340898586426393e-09, 8.882030408349417e-11,
+                       -6.627706982661585e-12)
+    q = q * u + _pick3(in_a, in_t, 3.414550130142749e-08, -4.949740764423402e-10,
+                       3.057304230526887e-11)
+    q = q * u + _pick3(in_a, in_t, -2.1140007243943863e-07, 1.1562928075424566e-09,
+                       -1.514740478931144e-10)
+    q = q * u + _pick3(in_a, in_t, 1.264260855713633e-06, 8.355546045995859e-09,
+                       8.141276911180403e-10)
+    q = q * u + _pick3(in_a, in_t, -7.281918602167217e-06, -1.2045565263136723e-07,
+                       -4.8075094273714725e-09)
+    q = q * u + _pick3(in_a, in_t, 4.025344967293853e-05, 7.297531064475842e-07,
+                       3.171160719522004e-08)
+    q = q * u + _pick3(in_a, in_t, -0.0002126438470405187, -1.055256216083591e-06,
+                       -2.389665556697121e-07)
+    q = q * u + _pick3(in_a, in_t, 0.0010678119754621014, -2.851184499029849e-05,
+                       2.124001541403024e-06)
+    q = q * u + _pick3(in_a, in_t, -0.005062921402925137, 0.0003436976152688183,
+                       -2.3381006087992837e-05)
+    q = q * u + _pick3(in_a, in_t, 0.02246552966173929, -0.0014151272725879227,
+                       0.00034637556877087014)
+    q = q * u + _pick3(in_a, in_t, -0.09215773498733389, -0.01901159617410831,
+                       -0.008201890737601022)
+    q = q * u + _pick3(in_a, in_t, 0.3432958898621254, 0.5304385720089408, 0.5572913318123387)
+    q = q if in_a else q / ac
+    ah = np.int64(np.float64(ac).view(np.int64) & _D_HIGH26).view(np.float64)  # 26 bits
+    n, r1, c = _exp_reduce_f64(-(ah * ah))
+    ph, pl = _exp_pair_f64(1.0, r1, c + (ac - ah) * (ac + ah))
+    d = min(n + 1000, 0)
+    large = (ph * q + pl * q) * _pow2_f64(n - d) * _pow2_f64(d)
+    large = large if a < 27.3 else 0.0
+    res = small if a < 0.875 else (large if x > 0.0 else 2.0 - large)
     return x if x != x else res
 
 

@@ -63,6 +63,14 @@ class ElementwiseDerivation:
     output_form: OutputForm | None = None
     # dtype -> the form the fused kernel uses and the measurement that chose it
     backward_choice: dict[str, BackwardChoice] = field(default_factory=dict)
+    # kernel form of an output form that holds only under a parameter condition (leaky_relu's
+    # needs negative_slope >= 0): the wrapper takes y only where ``y_requires`` holds
+    grad_y_conditional: sp.Expr | None = None
+    # dtype -> the condition on the parameters under which grad_y_conditional may be used
+    y_requires: dict[str, sp.Basic] = field(default_factory=dict)
+    # "forward"/"grad_x" -> {+1/-1: the limit at ±inf}, where the kernel form gives nan there
+    # (inf·0, inf/inf) although the limit exists: the kernels return the limit instead
+    inf_limits: dict[str, dict[int, sp.Expr]] = field(default_factory=dict)
 
     @property
     def backward_needs(self) -> str:
@@ -152,6 +160,71 @@ def _choose_backward(spec: Elementwise, out: OutputForm | None, grad_x_k: sp.Exp
     return choice
 
 
+def _tail_branch(expr: sp.Expr, sign: int) -> sp.Expr:
+    """Each Piecewise replaced by the branch it takes as x -> sign·oo (ValueError if unknown)."""
+    def pick(pw: sp.Piecewise) -> sp.Expr:
+        for e, cond in pw.args:
+            taken = cond.subs(X, sign * sp.oo)
+            if taken == sp.true:
+                return e
+            if taken != sp.false:
+                raise ValueError("a branch condition at infinity depends on the parameters")
+        raise ValueError("no branch at infinity")
+
+    return expr.replace(lambda e: isinstance(e, sp.Piecewise), pick)
+
+
+def _limit_at_infinity(spec: Elementwise, expr: sp.Expr, sign: int) -> sp.Expr | None:
+    """lim expr as x -> sign·oo: SymPy's limit, accepted only where mpmath confirms it at
+    x = sign·10^400 (default parameters; SymPy gets silu' at +oo wrong, 0 for 1); where they
+    differ and the expression has no parameters, the mpmath value. None where neither holds."""
+    params = default_subs(spec)
+    f = mp_lambdify([X], stabilize(expr).subs(params))
+    ref = None
+    # From 10^150 where mpmath cannot go to 10^400 (its erfc overflows a float inside)
+    for power, big in ((400, 300), (150, 140)):
+        with mpmath.workdps(50):
+            try:
+                ref = f(mpmath.mpf(10) ** power * sign)
+            except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+                continue
+        if isinstance(ref, mpmath.mpf) and abs(ref) > mpmath.mpf(10) ** big:
+            ref = mpmath.inf * mpmath.sign(ref)
+        break
+    if not isinstance(ref, mpmath.mpf) or mpmath.isnan(ref):
+        return None
+    try:
+        lim = sp.limit(_tail_branch(explicit_form(expr), sign), X, sign * sp.oo)
+    except (ValueError, TypeError, NotImplementedError):
+        lim = None
+    if lim is not None and not lim.has(sp.Limit, sp.AccumBounds, X, sp.nan, sp.zoo):
+        value = lim.subs(params)
+        if value.is_number and (value == sp.oo * int(mpmath.sign(ref)) if mpmath.isinf(ref)
+                                else abs(float(value) - float(ref)) <= 1e-20 * (1 + abs(ref))):
+            return lim
+    if expr.free_symbols - {X}:
+        return None
+    return sp.oo * int(mpmath.sign(ref)) if mpmath.isinf(ref) else sp.Float(ref, 30)
+
+
+def _inf_limits(spec: Elementwise, kernel: sp.Expr, definition: sp.Expr) -> dict[int, sp.Expr]:
+    """{sign: limit} for the sides where the kernel form, evaluated as IEEE arithmetic does
+    (mpmath follows it: inf·0 and inf/inf are nan), gives nan at ±inf but the limit exists."""
+    f = mp_lambdify([X], kernel.subs(default_subs(spec)))
+    out = {}
+    for sign in (1, -1):
+        try:
+            value = f(mpmath.inf * sign)
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+            value = mpmath.nan
+        if isinstance(value, mpmath.mpf) and not mpmath.isnan(value):
+            continue
+        lim = _limit_at_infinity(spec, definition, sign)
+        if lim is not None:
+            out[sign] = lim
+    return out
+
+
 def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     extra = spec_rewrites(spec)
     definition = explicit_form(spec.forward)
@@ -173,12 +246,18 @@ def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     forward_k, grad_x_k = stabilize(spec.forward, extra), stabilize(grad_x, extra)
     grad_y_k = stabilize(grad_y, extra) if grad_y is not None else None
     choice = _choose_backward(spec, out, grad_x_k, grad_y_k)
-    note = out.note if grad_y is not None or out.expr is None else (
-        f"the output form dy/dx = {sp.sstr(out.expr)} holds only when "
-        f"{sp.sstr(out.requires)}, not for every parameter value the op accepts")
-    if grad_y is not None:  # (shown by `show`; the generated docstrings print grad_y instead)
-        note += "; with x at hand (fused kernel) the kernels use " + ", ".join(
-            f"{dt}: the {c.form}-form ({c.reason})" for dt, c in choice.items())
+    conditional = grad_y is None and out.expr is not None
+    grad_y_cond = stabilize(out.expr, extra) if conditional else None
+    y_requires = {dt: _y_requires(out, dt) for dt in DTYPES} if conditional else {}
+    if conditional:
+        when = "; ".join(f"{dt}: {condition_text(c)}" for dt, c in y_requires.items()) \
+            if len(set(y_requires.values())) > 1 else condition_text(y_requires[DTYPES[0]])
+        kind = "holds" if out.exact else (f"is approximate (off by up to "
+                                           f"{sp.sstr(out.error_bound)})")
+        note = (f"the output form dy/dx = {sp.sstr(out.expr)} {kind}; backward takes y "
+                f"only when {when} (x always works)")
+    else:
+        note = out.note
 
     steps = [
         Step("Definition", rf"y = {sp.latex(definition)}"),
@@ -197,8 +276,35 @@ def _derive_elementwise(spec: Elementwise) -> ElementwiseDerivation:
     steps.append(Step("Backward form when x is at hand (fused kernel), by measurement",
                       r"\text{" + "; ".join(f"{dt}: from {c.form} ({c.reason})"
                                             for dt, c in choice.items()) + "}"))
+    limits = {"forward": _inf_limits(spec, forward_k, spec.forward),
+              "grad_x": _inf_limits(spec, grad_x_k, grad_x)}
+    limits = {k: v for k, v in limits.items() if v}
+    for what, sides in limits.items():
+        steps.append(Step(f"At ±inf ({what}): the kernel form is inf·0 or inf/inf there, so the "
+                          "kernels return the limit", r",\; ".join(
+                              rf"\lim_{{x \to {'+' if sg > 0 else '-'}\infty}} = {sp.latex(v)}"
+                              for sg, v in sides.items())))
     return ElementwiseDerivation(spec, forward_k, grad_x_k, grad_y_k, note, tuple(steps),
-                                 tuple(proofs), out, choice)
+                                 tuple(proofs), out, choice, grad_y_cond, y_requires, limits)
+
+
+def condition_text(cond: sp.Basic) -> str:
+    """A parameter condition as text, powers of two as such (2**-24, not 1/16777216)."""
+    text = sp.sstr(cond)
+    for r in cond.atoms(sp.Rational):
+        if r.p == 1 and r.q > 2 and r.q & (r.q - 1) == 0:
+            text = text.replace(f"1/{r.q}", f"2**-{r.q.bit_length() - 1}")
+    return text
+
+
+def _y_requires(out: OutputForm, dtype: str) -> sp.Basic:
+    """Where a conditional output form may be used in ``dtype``: an exact form wherever its
+    parameter condition holds; an approximate one (softplus near its threshold) where its
+    proven error bound is within half an ULP of 1 in the dtype (f' is about 1 where the
+    branches overlap), which is stricter in float64 than the search's float32 bound."""
+    if out.exact:
+        return out.requires
+    return sp.Le(out.error_bound, sp.Rational(1, 2 ** (np.finfo(dtype).nmant + 1)))
 
 
 def _output_form_steps(out: OutputForm) -> list[Step]:
@@ -217,7 +323,7 @@ def _output_form_steps(out: OutputForm) -> list[Step]:
         steps.append(Step("Output form", rf"\text{{{out.note}; backward needs }} x"))
         return steps
     title = "Output form (backward needs only y)" if out.usable else \
-        "Output form (conditional: not used by the kernels)"
+        "Output form (conditional: backward takes y where the condition holds)"
     latex = rf"\frac{{dy}}{{dx}} = {sp.latex(out.expr)}"
     if out.requires != sp.true:
         latex += rf"\quad\text{{valid when }} {sp.latex(out.requires)}"
@@ -229,25 +335,37 @@ def _output_form_steps(out: OutputForm) -> list[Step]:
 
 def _elementwise_context(d: ElementwiseDerivation) -> dict:
     guard = needs_nan_guard(d.forward, d.grad_x)
+
+    def at_inf(name: str, what: str, dt: str) -> list[str]:
+        # ±inf in: the limit where the formula would give inf·0 or inf/inf (silu(-inf) = 0)
+        scale = G if what == "grad_x" else sp.S.One  # gx = g·f'(x)
+        return [f"{name} = {print_expr(scale * v, dt)} if x == {print_expr(sg * sp.oo, dt)} "
+                f"else {name}" for sg, v in d.inf_limits.get(what, {}).items()]
+
+    # The y-kernel: the output form where it always holds, else the conditional one (the
+    # wrapper checks its parameter condition before calling it).
+    grad_y = d.grad_y if d.grad_y is not None else d.grad_y_conditional
     body: dict[str, dict[str, str] | None] = {
         "forward": {}, "backward_x": {}, "forward_backward": {},
-        "backward_y": {} if d.grad_y is not None else None}
+        "backward_y": {} if grad_y is not None else None}
     ops: dict[str, int] = {}
     for dt in DTYPES:
         fwd, ops["forward"] = block({"y": d.forward}, dt)
         lines = ["x = xs[i]", f"# forward: {ops['forward']} ops", *fwd]
+        lines += at_inf("y", "forward", dt)
         if guard:
             lines.append("y = x if x != x else y  # nan in, nan out")
         body["forward"][dt] = indent(lines + ["out[i] = y"])
 
         bx, ops["backward_x"] = block({"gx": G * d.grad_x}, dt)
         lines = ["x = xs[i]", "g = gs[i]", f"# backward from x: {ops['backward_x']} ops", *bx]
+        lines += at_inf("gx", "grad_x", dt)
         if guard:
             lines.append("gx = x if x != x else gx")
         body["backward_x"][dt] = indent(lines + ["out[i] = gx"])
 
-        if d.grad_y is not None:
-            by, ops["backward_y"] = block({"gx": G * d.grad_y}, dt)
+        if grad_y is not None:
+            by, ops["backward_y"] = block({"gx": G * grad_y}, dt)
             lines = ["y = ys[i]", "g = gs[i]", f"# backward from y: {ops['backward_y']} ops", *by]
             if guard:
                 lines.append("gx = y if y != y else gx")
@@ -262,27 +380,33 @@ def _elementwise_context(d: ElementwiseDerivation) -> dict:
         else:
             fb, n_fb = block({"y": d.forward, "gx": G * d.grad_x}, dt)
             lines = ["x = xs[i]", "g = gs[i]", f"# fused: {n_fb} ops", *fb]
+        lines += at_inf("y", "forward", dt) + at_inf("gx", "grad_x", dt)
         if guard:
             lines += ["y = x if x != x else y", "gx = x if x != x else gx"]
         body["forward_backward"][dt] = indent(lines + ["out_y[i] = y", "out_g[i] = gx"])
 
-    out = d.output_form
-    conditional = out is not None and out.expr is not None and not out.usable
     text = {"forward": sstr(d.forward), "grad_x": sstr(d.grad_x),
-            "grad_y": sstr(d.grad_y) if d.grad_y is not None else "",
+            "grad_y": sstr(grad_y) if grad_y is not None else "",
             "output_note": d.output_form_note}
+    choice = d.backward_choice
     return {
         "body": body, "text": text, "params": param_context(d.spec),
         "constraints": [{"test": print_expr(c, "float64"), "message": m}
                         for c, m in d.spec.constraints],
-        # For the wrapper: which backward form to prefer when both x and y are passed, and a
-        # conditional output form with the parameter check its y-path needs (not wired yet).
-        "prefer_y": {dt: c.form == "y" for dt, c in d.backward_choice.items()},
-        "conditional_grad_y": {
-            "requires": sp.pycode(out.requires, fully_qualified_modules=True),
-            "requires_text": sstr(out.requires),
-            "body": {dt: block({"gx": G * stabilize(out.expr)}, dt)[0] for dt in DTYPES},
-        } if conditional else None,
+        # With both x and y passed, the wrapper uses the form measured best per dtype.
+        "prefer_y": {dt: choice[dt].form == "y" for dt in DTYPES} if choice else
+        dict.fromkeys(DTYPES, False),
+        "choice_text": {dt: f"uses {choice[dt].form}: {choice[dt].reason}" for dt in DTYPES}
+        if choice and d.grad_y is not None else {},
+        # A conditional output form: the parameter test the wrapper runs before taking y.
+        "y_condition": {
+            "test": {dt: sp.pycode(c, fully_qualified_modules=True)
+                     for dt, c in d.y_requires.items()},
+            "text": {dt: condition_text(c) for dt, c in d.y_requires.items()},
+            "message": {dt: repr(condition_text(c) + (
+                f" in {dt}" if len(set(d.y_requires.values())) > 1 else ""))
+                for dt, c in d.y_requires.items()},
+        } if d.grad_y_conditional is not None else None,
     }
 
 

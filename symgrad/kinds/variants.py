@@ -101,8 +101,12 @@ def _variants_context(d: VariantsDerivation) -> dict:
     variants = []
     for code, (choice, derivation) in enumerate(d.variants):
         ctx = inner(derivation)
-        variants.append({"choice": choice, "code": code, "body": ctx["body"], "text": ctx["text"],
-                         "has_y": ctx["body"]["backward_y"] is not None})
+        # A conditional output form (y only under a parameter condition) is left to x here:
+        # the variants wrapper has no per-formula parameter check.
+        has_y = derivation.grad_y is not None
+        body = ctx["body"] if has_y else {**ctx["body"], "backward_y": None}
+        variants.append({"choice": choice, "code": code, "body": body, "text": ctx["text"],
+                         "has_y": has_y, "prefer_y": ctx["prefer_y"]})
     params = inner(d.variants[0][1])["params"]
     selector = d.spec.selector
     return {"variants": variants, "params": params, "option": selector.name,

@@ -21,6 +21,11 @@ Conventions picked where PyTorch has no op or sources disagree (semantics §2b):
 * ``maxout(x, num_units, dim=-1, grouping="strided")``: tfa's strided grouping by default
   (unit i takes channels i, i + num_units, ...); "contiguous" is the x.view(..., num_units, k)
   idiom. A tie sends the gradient to the first maximum, as torch.max(dim) does.
+* ±inf in gives the mathematical limit (issue 4), found by the elementwise kind (SymPy's limit,
+  confirmed in mpmath) wherever the formula is inf·0 or inf/inf there. Departures from torch,
+  which gives nan: softsign(±inf) = ±1, silu(-inf) = mish(-inf) = hardswish(-inf) = 0,
+  gelu(-inf) = 0, and the derivatives silu'(+inf) = mish'(+inf) = gelu'(+inf) = 1,
+  silu'(-inf) = mish'(-inf) = gelu'(-inf) = 0.
 * ``hardsigmoid``/``hardswish``: the exact 1/6. In float32 it prints as float32(1/6), torch's
   constant; torch's float64 backward multiplies by float32(1/6) = 0.1666666716337204 while its
   forward divides by 6, so our float64 gradient is the true 1/6 (3e-8 relative from torch's).
@@ -143,8 +148,9 @@ register(Elementwise(
     torch=TorchRef(F + "hardsigmoid"), latex_name=r"\operatorname{hardsigmoid}",
 ))
 
-# x times the hardsigmoid gate, as torch computes it: at x = -inf that is -inf·0 = nan, as in
-# torch; hardswish'(-3) = 0 and hardswish'(3) = 1 come from the gate's closed outer branches.
+# x times the hardsigmoid gate, as torch computes it; hardswish'(-3) = 0 and hardswish'(3) = 1
+# come from the gate's closed outer branches. At x = -inf the formula is -inf·0; the kernels
+# return the limit 0 there (torch gives nan: see the module docstring).
 register(Elementwise(
     name="hardswish", family="activation",
     summary="x·min(max(x + 3, 0), 6)/6; hardswish'(-3) = 0, hardswish'(3) = 1.",
