@@ -504,7 +504,7 @@ def sweep_elementwise(spec, dtypes: Sequence[str], n: int, jobs: int, key: str |
             y = _call(fwd, all_x)
             gx = _call(lambda g, x: bwd(g, x=x), ones, all_x)
             y2, g2 = _call(fused, all_x, ones)
-            gy = _call(lambda g, yy: bwd(g, y=yy), ones, y) if d.grad_y is not None else None
+            gy = _call(lambda g, yy: bwd(g, y=yy), ones, y) if _y_path(spec, d, dtype) else None
         finite = np.isfinite(all_x)
         default = d.backward_default.get(dtype, "x")
         forms = [("forward", "forward", y, f_hi, f_lo),
@@ -807,6 +807,19 @@ def sweep_pointwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
         notes.append(f"{spec.name} {dtype}: reference vs textbook form at {len(pick)} points: "
                      f"max relative gap {worst:.1e} ({'ok' if worst < 1e-40 else 'MISMATCH'})")
     return results, notes
+
+
+def _y_path(spec, d, dtype: str) -> bool:
+    """Whether backward takes y alone at the default parameters: an output form that always
+    holds, or a conditional one (leaky_relu's needs negative_slope >= 0) whose condition does."""
+    from symgrad.derive import default_subs
+
+    if getattr(d, "grad_y", None) is not None:
+        return True
+    condition = getattr(d, "y_requires", {}).get(dtype)
+    if getattr(d, "grad_y_conditional", None) is None or condition is None:
+        return False
+    return bool(sp.sympify(condition).subs(default_subs(spec)) == sp.true)
 
 
 def sweep_variants(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list, list]:
