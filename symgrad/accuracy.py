@@ -661,30 +661,42 @@ def _pointwise_refs(op: str) -> tuple[Callable, Callable, Callable, int]:
     return both, sizes, textbook, len(forms)
 
 
+def _pointwise_values(op: str, point: tuple, digits: int) -> tuple[list, tuple]:
+    both, sizes, _, count = _pointwise_refs(op)
+    x, rest = point[0], [mpmath.mpf(v) for v in point[1:]]
+    with mpmath.workdps(digits):
+        try:
+            if math.isinf(x):
+                values = _limit(lambda z: both(z, *rest), 1 if x > 0 else -1)
+                return [mpmath.mpf(v) for v in values], (0.0,) * count
+            values = both(mpmath.mpf(x), *rest)
+            scale = tuple(float(abs(v)) for v in sizes(mpmath.mpf(x), *rest))
+            return [mpmath.mpf(v) for v in values], scale
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+            return [mpmath.nan] * count, (0.0,) * count
+
+
 def _pointwise_chunk(args: tuple) -> list[tuple[float, ...]]:
     """(op, points, digits) -> per point: (hi, lo) of ℓ and of each gradient, then the size of
-    each one's terms."""
+    each one's terms; and how many points needed more than ``digits``. Each point's values must
+    agree with themselves at twice the digits, else they are evaluated at 150, then 400 (a
+    gradient such as e^x - t at x = 1e-300, t = 1 needs 300 digits): per point, since the
+    formulas are not rewritten for the reference as the activations' are."""
     op, points, digits = args
-    both, sizes, _, count = _pointwise_refs(op)
-    out = []
-    with mpmath.workdps(digits):
-        for point in points:
-            x, rest = point[0], [mpmath.mpf(v) for v in point[1:]]
-            if any(math.isnan(v) for v in point):
-                out.append((math.nan, 0.0) * count + (0.0,) * count)
-                continue
-            try:
-                if math.isinf(x):
-                    values = _limit(lambda z, rest=rest: both(z, *rest), 1 if x > 0 else -1)
-                    scale = (0.0,) * count
-                else:
-                    values = both(mpmath.mpf(x), *rest)
-                    scale = tuple(float(abs(v)) for v in sizes(mpmath.mpf(x), *rest))
-            except (ZeroDivisionError, ValueError, OverflowError, TypeError):
-                values, scale = [mpmath.nan] * count, (0.0,) * count
-            split = tuple(v for value in values for v in _split(mpmath.mpf(value)))
-            out.append(split + scale)
-    return out
+    count = _pointwise_refs(op)[3]
+    out, escalated = [], 0
+    for point in points:
+        if any(math.isnan(v) for v in point):
+            out.append((math.nan, 0.0) * count + (0.0,) * count)
+            continue
+        for d in sorted({digits, 150, 400}):
+            values, scale = _pointwise_values(op, point, d)
+            check, _ = _pointwise_values(op, point, 2 * d)
+            if all(_same_value(float(a), float(b)) for a, b in zip(values, check, strict=True)):
+                break
+        escalated += d != digits
+        out.append(tuple(v for value in values for v in _split(value)) + scale)
+    return out, escalated
 
 
 def _pointwise_spot_chunk(args: tuple) -> float:
@@ -755,24 +767,13 @@ def sweep_pointwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
             columns = [np.concatenate([c, np.array([s[k] for s in specials], dtype=dt)])
                        for k, c in enumerate(columns)]
         points = [tuple(float(c[i]) for c in columns) for i in range(columns[0].size)]
-        digits = DIGITS
-        for candidate in (DIGITS, 150, 400):  # as _working_digits: agree with 2x the digits
-            sample = points[:: max(1, len(points) // 200)][:200]
-            low = _pointwise_chunk((spec.name, sample, candidate))
-            high = _pointwise_chunk((spec.name, sample, 2 * candidate))
-            count = len(low[0]) // 3
-            if all(_same_value(a[2 * k], b[2 * k]) for a, b in zip(low, high, strict=True)
-                   for k in range(count)):
-                digits = candidate
-                break
-        else:
-            digits = 400
-        if digits != DIGITS:
-            notes.append(f"{spec.name} {dtype}: the reference form cancels at {DIGITS} digits; "
-                         f"evaluated at {digits}")
-        table = np.array([r for chunk in _parallel_map(
-            _pointwise_chunk, [(spec.name, c, digits) for c in _chunks(points, 2000)], jobs)
-            for r in chunk])
+        chunks = _parallel_map(_pointwise_chunk, [(spec.name, c, DIGITS)
+                                                   for c in _chunks(points, 2000)], jobs)
+        table = np.array([r for rows, _ in chunks for r in rows])
+        escalated = sum(e for _, e in chunks)
+        if escalated:
+            notes.append(f"{spec.name} {dtype}: the reference form cancels at {DIGITS} digits at "
+                         f"{escalated} points; evaluated there at 150 or 400")
         count = table.shape[1] // 3
         ones = np.ones_like(columns[0])
         with np.errstate(all="ignore"):
@@ -802,7 +803,7 @@ def sweep_pointwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
         moderate = [pt for pt in points if all(math.isfinite(v) and abs(v) < 50 for v in pt)]
         pick = moderate[:: max(1, len(moderate) // SPOT_CHECKS)][:SPOT_CHECKS]
         worst = max(_parallel_map(_pointwise_spot_chunk,
-                                  [(spec.name, c, digits) for c in _chunks(pick, 100)], jobs),
+                                  [(spec.name, c, DIGITS) for c in _chunks(pick, 100)], jobs),
                     default=0.0)
         notes.append(f"{spec.name} {dtype}: reference vs textbook form at {len(pick)} points: "
                      f"max relative gap {worst:.1e} ({'ok' if worst < 1e-40 else 'MISMATCH'})")
