@@ -7,6 +7,7 @@ is ``symgrad/output.py``'s job.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable
@@ -80,14 +81,32 @@ def helper_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def render_functions(env: jinja2.Environment) -> str:
+def vecmath_names(backend: Backend = CPU) -> frozenset[str]:
+    """The functions the backend's vecmath.py exports (its ``__all__``), read without importing
+    it: rendering must not need Numba."""
+    tree = ast.parse((backend.template_dir / "vecmath.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return frozenset(ast.literal_eval(node.value))
+    return frozenset()
+
+
+def render_functions(env: jinja2.Environment, backend: Backend = CPU) -> str:
     functions = []
     z = sp.Symbol("z", real=True)
+    in_vecmath = vecmath_names(backend)
     for fn in LIBRARY:
         stable = fn.stable(z)
+        helpers = {dt: helper_name(fn, dt) for dt in DTYPES}
+        # A hand-written vectorizable version (one exp, no branches) beats the printed stable
+        # form; the stable form stays the symbolic truth the kernels are tested against.
+        from_vecmath = all(h in in_vecmath for h in helpers.values())
         functions.append({
-            "helper": {dt: helper_name(fn, dt) for dt in DTYPES},
-            "body": {dt: print_expr(stable, dt, helper_module="") for dt in DTYPES},
+            "helper": helpers,
+            "vecmath": from_vecmath,
+            "body": None if from_vecmath else
+            {dt: print_expr(stable, dt, helper_module="") for dt in DTYPES},
             "doc": (inspect.getdoc(fn) or fn.__name__).splitlines()[0],
             "stable_text": sp.sstr(stable),
         })
