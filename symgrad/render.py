@@ -29,9 +29,12 @@ TEMPLATE_ROOT = REPO_ROOT / "templates"
 DEFAULT_OUT = REPO_ROOT / "generated"
 DEFAULT_PACKAGE = "symgrad_kernels"
 
-# Below this many elements the serial loop runs, sparing thread start-up. Provisional: a
-# measurement on 2 cores showed parallel already winning at 1e3 elements for tanh but not for
-# cheap ops; tuning it per op belongs to the CPU-speed work (scripts/bench.py).
+# Below this many elements the serial loop runs, sparing the parallel region's fixed cost
+# (~2.5 us to wake and join the threads on 2 cores, milliseconds when another process holds a
+# core). Measured crossovers, float32/float64 forward: relu ~1e5/5e4, tanh and gelu ~1e4. One
+# value between them costs at most ~2 us per call (relu at 32768) or ~1.5x (tanh at 1e4-3e4);
+# a per-op value would also have to differ per kernel of an op (tanh's backward from y is as
+# cheap as relu), so it is not worth a second knob yet.
 PARALLEL_MIN_SIZE = 32768
 
 

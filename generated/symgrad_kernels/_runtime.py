@@ -14,7 +14,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _FLOAT_MAX = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}
 
 # Arrays at least this long use the parallel loop; shorter ones the serial loop, where thread
-# start-up would cost more than the work (provisional; see symgrad/render.py).
+# start-up would cost more than the work (measurements in symgrad/render.py).
 PARALLEL_MIN_SIZE = 32768
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
