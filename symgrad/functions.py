@@ -2,8 +2,12 @@
 
 * ``explicit``: the textbook definition in elementary functions. LaTeX derivations and the mpmath
   references use it, so a kernel is always checked against the plain formula.
-* ``stable``: a piecewise form that never overflows for finite arguments. The printer emits it as a
-  helper in the generated package; it is proven equal to ``explicit`` (tests/test_derive.py).
+* ``stable``: a form that never overflows for finite arguments, proven equal to ``explicit``
+  (tests/test_derive.py). The printer emits it as a helper in the generated package, unless the
+  package's vectorizable math module (templates/cpu/vecmath.py) implements the function itself:
+  then the helper is that implementation, tested against mpmath in tests/test_vecmath.py.
+  Stable forms are branch-free where they can be (Max/Min/Abs print as selects): a vectorized
+  loop evaluates *both* sides of a Piecewise, so a branch per sign doubles the exp/log work.
 * ``derivative``: the derivative written with library functions, so that the derivative of a
   stable forward is stable too (sigmoid' = sigmoid·(1 - sigmoid) instead of e^-x/(1+e^-x)^2,
   which is inf/inf at x = -1000). Generation checks it against SymPy's derivative of
@@ -83,8 +87,9 @@ class softplus(LibraryFunction):  # noqa: N801
 
     @classmethod
     def stable(cls, z):
-        # log(1 + e^z) = z + log1p(e^-z): again only e^-|z| is ever formed.
-        return sp.Piecewise((z + log1p(sp.exp(-z)), z > 0), (log1p(sp.exp(z)), True))
+        # log(1 + e^z) = max(z, 0) + log1p(e^-|z|): one exp and one log1p, and only e^-|z| <= 1
+        # is ever formed.
+        return sp.Max(z, 0) + log1p(sp.exp(-sp.Abs(z)))
 
     @classmethod
     def derivative(cls, z):
@@ -102,7 +107,9 @@ class logsigmoid(LibraryFunction):  # noqa: N801
 
     @classmethod
     def stable(cls, z):
-        return sp.Piecewise((-log1p(sp.exp(-z)), z > 0), (z - log1p(sp.exp(z)), True))
+        # -softplus(-z), branch-free as softplus. Not min(z, 0) - log1p(...): that gives +0.0
+        # where e^-z underflows, and the limit is -0.0 (log σ(z) < 0).
+        return -sp.Max(-z, 0) - log1p(sp.exp(-sp.Abs(z)))
 
     @classmethod
     def derivative(cls, z):

@@ -7,6 +7,7 @@ is ``symgrad/output.py``'s job.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable
@@ -28,9 +29,12 @@ TEMPLATE_ROOT = REPO_ROOT / "templates"
 DEFAULT_OUT = REPO_ROOT / "generated"
 DEFAULT_PACKAGE = "symgrad_kernels"
 
-# Below this many elements the serial loop runs, sparing thread start-up. Provisional: a
-# measurement on 2 cores showed parallel already winning at 1e3 elements for tanh but not for
-# cheap ops; tuning it per op belongs to the CPU-speed work (scripts/bench.py).
+# Below this many elements the serial loop runs, sparing the parallel region's fixed cost
+# (~2.5 us to wake and join the threads on 2 cores, milliseconds when another process holds a
+# core). Measured crossovers, float32/float64 forward: relu ~1e5/5e4, tanh and gelu ~1e4. One
+# value between them costs at most ~2 us per call (relu at 32768) or ~1.5x (tanh at 1e4-3e4);
+# a per-op value would also have to differ per kernel of an op (tanh's backward from y is as
+# cheap as relu), so it is not worth a second knob yet.
 PARALLEL_MIN_SIZE = 32768
 
 
@@ -80,14 +84,32 @@ def helper_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def render_functions(env: jinja2.Environment) -> str:
+def vecmath_names(backend: Backend = CPU) -> frozenset[str]:
+    """The functions the backend's vecmath.py exports (its ``__all__``), read without importing
+    it: rendering must not need Numba."""
+    tree = ast.parse((backend.template_dir / "vecmath.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return frozenset(ast.literal_eval(node.value))
+    return frozenset()
+
+
+def render_functions(env: jinja2.Environment, backend: Backend = CPU) -> str:
     functions = []
     z = sp.Symbol("z", real=True)
+    in_vecmath = vecmath_names(backend)
     for fn in LIBRARY:
         stable = fn.stable(z)
+        helpers = {dt: helper_name(fn, dt) for dt in DTYPES}
+        # A hand-written vectorizable version (one exp, no branches) beats the printed stable
+        # form; the stable form stays the symbolic truth the kernels are tested against.
+        from_vecmath = all(h in in_vecmath for h in helpers.values())
         functions.append({
-            "helper": {dt: helper_name(fn, dt) for dt in DTYPES},
-            "body": {dt: print_expr(stable, dt, helper_module="") for dt in DTYPES},
+            "helper": helpers,
+            "vecmath": from_vecmath,
+            "body": None if from_vecmath else
+            {dt: print_expr(stable, dt, helper_module="") for dt in DTYPES},
             "doc": (inspect.getdoc(fn) or fn.__name__).splitlines()[0],
             "stable_text": sp.sstr(stable),
         })

@@ -86,6 +86,31 @@ def test_library_function_stable_form_is_identity_and_removes_overflow(fn):
     assert naive_failed, f"the naive {fn.__name__} never failed at ±1000: no hazard to remove"
 
 
+@pytest.mark.parametrize("fn", LIBRARY, ids=lambda f: f.__name__)
+def test_library_function_stable_form_is_identity_for_each_sign(fn):
+    """A symbolic proof, not the mpmath fallback of is_zero: with z = p, -p (p > 0) and 0, the
+    Max/Min/Abs/Piecewise of the stable form resolve and SymPy simplifies the difference to 0."""
+    z, p = sp.Symbol("z", real=True), sp.Symbol("p", positive=True)
+    diff = elementary_form(fn.stable(z)) - fn.explicit(z)
+    for case in (p, -p, sp.S.Zero):
+        assert sp.simplify(diff.subs(z, case)) == 0, (fn.__name__, case)
+
+
+@pytest.mark.parametrize("fn", LIBRARY, ids=lambda f: f.__name__)
+def test_library_function_stable_form_evaluates_once(fn):
+    """No Piecewise branch per sign for the helpers printed from the stable form: a vectorized
+    loop evaluates both sides of a select, so each exp/log1p would run twice. (sigmoid keeps its
+    Piecewise as the symbolic truth; its helper is vecmath's branch-free sigmoid.)"""
+    from symgrad.render import vecmath_names
+
+    z = sp.Symbol("z", real=True)
+    stable = fn.stable(z)
+    if f"{fn.__name__}_f32" in vecmath_names():
+        return
+    assert not stable.has(sp.Piecewise), stable
+    assert stable.count(sp.exp) <= 1, stable
+
+
 def test_every_op_has_proofs_and_latex_steps():
     for spec in REGISTRY:
         d = derive(spec)

@@ -11,9 +11,10 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_MAX = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}
 
 # Arrays at least this long use the parallel loop; shorter ones the serial loop, where thread
-# start-up would cost more than the work (provisional; see symgrad/render.py).
+# start-up would cost more than the work (measurements in symgrad/render.py).
 PARALLEL_MIN_SIZE = 32768
 
 REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -100,7 +101,9 @@ def _real(value, name, fn):
 
 def scalar(value, name, fn, dtype, minimum=None, maximum=None, strict=False):
     """A real scalar parameter, checked against its domain and cast to the kernel's dtype."""
-    v = _real(value, name, fn)
+    # A plain float (every default) skips _real's ABC check: a 10^3-element call is a few us,
+    # and this runs once per parameter per call.
+    v = value if type(value) is float else _real(value, name, fn)
     if v != v:
         raise ValueError(f"{fn}: {name} is nan")
     if minimum is not None and (v <= minimum if strict else v < minimum):
@@ -108,7 +111,7 @@ def scalar(value, name, fn, dtype, minimum=None, maximum=None, strict=False):
     if maximum is not None and (v >= maximum if strict else v > maximum):
         raise ValueError(f"{fn}: {name} must be {'<' if strict else '<='} {maximum}, got {value}")
     dtype = np.dtype(dtype)
-    if abs(v) != np.inf and abs(v) > np.finfo(dtype).max:
+    if abs(v) != np.inf and abs(v) > (_FLOAT_MAX.get(dtype) or np.finfo(dtype).max):
         raise ValueError(f"{fn}: {name}={value} does not fit in {dtype}")
     return dtype.type(v)
 
