@@ -297,13 +297,14 @@ def test_both_x_and_y_use_the_measured_default(spec, dtype):
 
 
 def test_sigmoid_with_x_and_y_keeps_the_digits_y_loses():
-    """σ(17) rounds to 1 in float32: y(1-y) is 0, the x-form gives σ'(17) = 4.1e-8."""
+    """σ(18) rounds to 1 in float32 (1 - 1.5e-8 is nearer 1 than 1 - 2^-24): y(1-y) is 0, the
+    x-form gives σ'(18) = 1.5e-8."""
     import symgrad_kernels as K
 
-    x = np.array([17.0, 20.0], np.float32)
+    x = np.array([18.0, 20.0], np.float32)
     g = np.ones_like(x)
     y = K.sigmoid_forward(x)
     assert (K.sigmoid_backward(g, y=y) == 0).all()
     got = K.sigmoid_backward(g, x=x, y=y)
-    want = [float(mpmath.exp(-v) / (1 + mpmath.exp(-v)) ** 2) for v in (17, 20)]
+    want = [float(mpmath.exp(-v) / (1 + mpmath.exp(-v)) ** 2) for v in (18, 20)]
     np.testing.assert_allclose(got, want, rtol=1e-6)
