@@ -196,14 +196,18 @@ def _elementwise_chunk(args: tuple) -> list[tuple[float, float, float, float]]:
                     f, d = both(mpmath.mpf(v), *rest)
             except (ZeroDivisionError, ValueError, OverflowError):
                 f, d = mpmath.nan, mpmath.nan
+            f, d = (mpmath.nan if isinstance(v, mpmath.mpc) else v for v in (f, d))  # log(-t)
             out.append((*_split(mpmath.mpf(f)), *_split(mpmath.mpf(d))))
     return out
 
 
 def _eval(fn: Callable, *args) -> mpmath.mpf:
+    """fn(*args) as a real; nan outside the formula's real domain (log of a negative target)."""
     try:
         value = fn(*args)
     except (ZeroDivisionError, ValueError, OverflowError):
+        return mpmath.nan
+    if isinstance(value, mpmath.mpc):
         return mpmath.nan
     return mpmath.mpf(value) if not isinstance(value, mpmath.mpf) else value
 
@@ -670,6 +674,8 @@ def _pointwise_values(op: str, point: tuple, digits: int) -> tuple[list, tuple]:
                 values = _limit(lambda z: both(z, *rest), 1 if x > 0 else -1)
                 return [mpmath.mpf(v) for v in values], (0.0,) * count
             values = both(mpmath.mpf(x), *rest)
+            if any(isinstance(v, mpmath.mpc) for v in values):  # outside the real domain
+                return [mpmath.nan] * count, (0.0,) * count
             scale = tuple(float(abs(v)) for v in sizes(mpmath.mpf(x), *rest))
             return [mpmath.mpf(v) for v in values], scale
         except (ZeroDivisionError, ValueError, OverflowError, TypeError):

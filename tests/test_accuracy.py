@@ -265,3 +265,10 @@ def test_class_index_reference_of_a_dominated_row():
     assert loss_hi == pytest.approx(float(want), rel=1e-15)
     assert scale == pytest.approx(float(want), rel=1e-6)  # |L| + |x_t| with x_t = 0
     assert grads[0][0] == pytest.approx(-float(want), rel=1e-9)  # softmax_t - 1
+
+
+def test_references_outside_the_real_domain_are_nan():
+    """kl_div's t·log t at a negative target is complex in mpmath: nan, not a crash."""
+    (row,) = accuracy._pointwise_chunk(("kl_div", [(0.5, -2.0)], 50))[0]
+    assert math.isnan(row[0])
+    assert math.isnan(accuracy._eval(lambda t: mpmath.log(t), mpmath.mpf(-2)))
