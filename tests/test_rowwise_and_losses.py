@@ -294,3 +294,44 @@ def test_bce_with_logits_scalar_and_tensor_operands_agree(dtype, reduction, size
 
 ROWWISE_BY_NAME = {p.values[0].name: p.values[0] for p in ROWWISE}
 ELEMENTWISE_BY_NAME = {p.values[0].name: p.values[0] for p in ELEMENTWISE_LOSSES}
+
+
+# ------------------------------------------------------------------ row-loss contiguous fast path
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("n_classes", [2, 7, 256, 1000, 1027])
+def test_cross_entropy_contiguous_rows_match_torch_and_the_strided_kernel(dtype, smoothing,
+                                                                          n_classes):
+    # (N, C) rows take the fast path (integer-key max, exp stored in the gradient row, block
+    # sums); the same data with a trailing dim of 1 takes the strided kernel. Both match torch,
+    # with class weights, ignored rows, a row holding nan and a row with an overflowing logit.
+    import symgrad_kernels as K
+
+    rng = np.random.default_rng(n_classes)
+    x = rng.normal(0, 3, (6, n_classes)).astype(dtype)
+    x[1, 0] = 700.0 if dtype == np.float64 else 80.0
+    x[2, -1] = np.nan
+    x[3, :] = -x[3, ::-1]  # -nan where x held nan: a negative nan skipped by the max
+    t = rng.integers(0, n_classes, 6)
+    t[4] = -100
+    w = rng.uniform(0.5, 2.0, n_classes).astype(dtype)
+    g = rng.normal(size=6).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    kw = {"weight": w, "label_smoothing": smoothing}
+    for reduction in REDUCTIONS:
+        lt = torch.nn.functional.cross_entropy(xt, torch.tensor(t), weight=torch.tensor(w),
+                                               label_smoothing=smoothing, reduction=reduction)
+        go = g if reduction == "none" else dtype(1.3)
+        xt.grad = None
+        lt.backward(torch.tensor(go))
+        loss, grad = K.cross_entropy_forward_backward(x, t, go, reduction=reduction, **kw)
+        assert_close(np.asarray(loss), lt.detach().numpy(), dtype, f"{reduction} loss")
+        assert_close(grad, xt.grad.numpy(), dtype, f"{reduction} grad")
+        strided = K.cross_entropy_forward_backward(x[..., None], t[..., None], go if
+                                                   reduction != "none" else go[:, None],
+                                                   reduction=reduction, **kw)
+        assert_close(np.asarray(strided[0]).reshape(np.shape(loss)), np.asarray(loss), dtype,
+                     "strided loss")
+        assert_close(strided[1][..., 0], grad, dtype, "strided grad")
