@@ -236,18 +236,24 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f32(np.float32(rest))
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
+        rs = np.float32(1.0) / np.float32(total)
         for j in range(n):
             xm = np.float32(1.0) * x[j] - m
             y = -(ls) + xm
+            gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
-            acc = _add(acc, np.float64(gr[j] * (np.float32(-1.0))))
-        a = np.float32(acc)
-        gx = grad[r]
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
             y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (np.float32(-1.0))))
+        a = np.float32(acc)
+        for j in range(n):
+            p = gx[j]
             g = gr[j]
-            gx[j] = a*_fn.exp_f32(y) + g
+            gx[j] = a*p + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float32(xs, gs, out, grad):
@@ -292,18 +298,24 @@ def _forward_backward_par_float32(xs, gs, out, grad):
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f32(np.float32(rest))
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
+        rs = np.float32(1.0) / np.float32(total)
         for j in range(n):
             xm = np.float32(1.0) * x[j] - m
             y = -(ls) + xm
+            gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
-            acc = _add(acc, np.float64(gr[j] * (np.float32(-1.0))))
-        a = np.float32(acc)
-        gx = grad[r]
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
             y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (np.float32(-1.0))))
+        a = np.float32(acc)
+        for j in range(n):
+            p = gx[j]
             g = gr[j]
-            gx[j] = a*_fn.exp_f32(y) + g
+            gx[j] = a*p + g
 
 
 # ---------------------------------------------------------------- float64
@@ -482,18 +494,24 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f64(np.float64(rest))
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
+        rs = np.float64(1.0) / np.float64(total)
         for j in range(n):
             xm = 1.0 * x[j] - m
             y = -(ls) + xm
+            gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
-            acc = _add(acc, np.float64(gr[j] * (-1.0)))
-        a = np.float64(acc)
-        gx = grad[r]
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
             y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (-1.0)))
+        a = np.float64(acc)
+        for j in range(n):
+            p = gx[j]
             g = gr[j]
-            gx[j] = a*_fn.exp_f64(y) + g
+            gx[j] = a*p + g
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float64(xs, gs, out, grad):
@@ -538,18 +556,24 @@ def _forward_backward_par_float64(xs, gs, out, grad):
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f64(np.float64(rest))
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
+        rs = np.float64(1.0) / np.float64(total)
         for j in range(n):
             xm = 1.0 * x[j] - m
             y = -(ls) + xm
+            gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
-            acc = _add(acc, np.float64(gr[j] * (-1.0)))
-        a = np.float64(acc)
-        gx = grad[r]
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
             y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (-1.0)))
+        a = np.float64(acc)
+        for j in range(n):
+            p = gx[j]
             g = gr[j]
-            gx[j] = a*_fn.exp_f64(y) + g
+            gx[j] = a*p + g
 
 
 def _pick(name, dtype, size):

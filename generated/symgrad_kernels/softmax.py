@@ -230,14 +230,18 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
             rest = below + (ones - 1.0)
         s = np.float32(total)
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
         for j in range(n):
             e = row[j]
             y = e/s
             row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
+        for j in range(n):
+            y = row[j]
             acc = _add(acc, np.float64(gr[j] * (-(y))))
         a = np.float32(acc)
-        gx = grad[r]
         for j in range(n):
             y = row[j]
             g = gr[j]
@@ -284,14 +288,18 @@ def _forward_backward_par_float32(xs, gs, out, grad):
             rest = below + (ones - 1.0)
         s = np.float32(total)
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
         for j in range(n):
             e = row[j]
             y = e/s
             row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
+        for j in range(n):
+            y = row[j]
             acc = _add(acc, np.float64(gr[j] * (-(y))))
         a = np.float32(acc)
-        gx = grad[r]
         for j in range(n):
             y = row[j]
             g = gr[j]
@@ -468,14 +476,18 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
             rest = below + (ones - 1.0)
         s = np.float64(total)
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
         for j in range(n):
             e = row[j]
             y = e/s
             row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
+        for j in range(n):
+            y = row[j]
             acc = _add(acc, np.float64(gr[j] * (-(y))))
         a = np.float64(acc)
-        gx = grad[r]
         for j in range(n):
             y = row[j]
             g = gr[j]
@@ -522,14 +534,18 @@ def _forward_backward_par_float64(xs, gs, out, grad):
             rest = below + (ones - 1.0)
         s = np.float64(total)
         gr = gs[r]
-        acc = 0.0
+        gx = grad[r]
         for j in range(n):
             e = row[j]
             y = e/s
             row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
+        for j in range(n):
+            y = row[j]
             acc = _add(acc, np.float64(gr[j] * (-(y))))
         a = np.float64(acc)
-        gx = grad[r]
         for j in range(n):
             y = row[j]
             g = gr[j]
