@@ -335,3 +335,25 @@ def test_cross_entropy_contiguous_rows_match_torch_and_the_strided_kernel(dtype,
         assert_close(np.asarray(strided[0]).reshape(np.shape(loss)), np.asarray(loss), dtype,
                      "strided loss")
         assert_close(strided[1][..., 0], grad, dtype, "strided grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "multi_margin_loss"])
+def test_row_loss_parallel_kernels_match_torch(dtype, name):
+    # 40,000 elements: the prange kernels, strided and contiguous (parfor compiles them apart).
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 3, (40, 1000)).astype(dtype)
+    if name == "nll_loss":
+        x = torch.log_softmax(torch.tensor(x), 1).numpy()
+    t = rng.integers(0, 1000, 40)
+    import symgrad_kernels as K
+
+    f = getattr(K, f"{name}_forward_backward")
+    strided = [(x[..., None], t[..., None])] if name != "multi_margin_loss" else []  # 2-D only
+    for xs, ts in [(x, t), *strided]:
+        xt = torch.tensor(xs, requires_grad=True)
+        lt = getattr(torch.nn.functional, name)(xt, torch.tensor(ts))
+        lt.backward()
+        loss, grad = f(xs, ts)
+        assert_close(np.asarray(loss), lt.detach().numpy(), dtype, f"{name} loss")
+        assert_close(grad, xt.grad.numpy(), dtype, f"{name} grad")

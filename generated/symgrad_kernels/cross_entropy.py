@@ -179,9 +179,9 @@ def _rows_v0_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -261,9 +261,9 @@ def _rows_v0_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -463,9 +463,9 @@ def _rows_v0_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -545,9 +545,9 @@ def _rows_v0_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -736,9 +736,9 @@ def _rows_v0_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -822,9 +822,9 @@ def _rows_v0_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -1024,9 +1024,9 @@ def _rows_v0_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -1110,9 +1110,9 @@ def _rows_v0_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -1349,9 +1349,9 @@ def _rows_v1_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -1450,9 +1450,9 @@ def _rows_v1_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -1697,9 +1697,9 @@ def _rows_v1_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -1798,9 +1798,9 @@ def _rows_v1_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -2028,9 +2028,9 @@ def _rows_v1_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -2128,9 +2128,9 @@ def _rows_v1_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -2364,9 +2364,9 @@ def _rows_v1_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -2464,9 +2464,9 @@ def _rows_v1_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = target_arr[o_, np.uint64(j_)]
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:

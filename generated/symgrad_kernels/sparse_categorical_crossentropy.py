@@ -142,9 +142,9 @@ def _rows_v0_index_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -209,9 +209,9 @@ def _rows_v0_index_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = x
-            i_ = np.float32(v_L).view(np.int32)
-            i_ = np.int32(i_ ^ ((i_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -368,9 +368,9 @@ def _rows_v0_index_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:
@@ -435,9 +435,9 @@ def _rows_v0_index_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = x
-            i_ = np.float64(v_L).view(np.int64)
-            i_ = np.int64(i_ ^ ((i_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
-            k_L = i_ if i_ > k_L else k_L
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
         m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
         acc_L = 0.0  # float64 accumulation
         if want_grad:

@@ -51,7 +51,7 @@ J_, TGT_ = sp.symbols("j_ tgt_", integer=True)  # kernel loop index and the row'
 # Names the row template uses; spec symbols must not take them.
 _TEMPLATE_NAMES = frozenset({
     "o_", "c_", "r_", "j_", "n_", "tgt_", "gr_", "outer_", "inner_", "shape", "losses",
-    "total_", "weight_", "b_", "h_", "i_",
+    "total_", "weight_", "b_", "h_", "i_", "q_",
     "want_grad", "gs", "g_stride", "ignore_index", "math", "np", "_fn", "C", "l",
 })
 
@@ -603,9 +603,10 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
             lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", True) + body]
             for a in keyed:
                 s = a.symbol.name
-                lines += [f"    i_ = {cast}(v_{s}).view({ity})",
-                          f"    i_ = {ity}(i_ ^ ((i_ >> {shift}) & {mask}))",
-                          f"    k_{s} = i_ if i_ > k_{s} else k_{s}"]
+                # max(), not a conditional: parfor's lookup fails on the latter under prange
+                lines += [f"    q_ = {cast}(v_{s}).view({ity})",
+                          f"    i_ = {ity}(q_ ^ ((q_ >> {shift}) & {mask}))",
+                          f"    k_{s} = max(k_{s}, i_)"]
             for a in keyed:
                 s = a.symbol.name
                 lines.append(f"m_{s} = {ity}(k_{s} ^ ((k_{s} >> {shift}) & {mask}))"
