@@ -188,3 +188,172 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot():
     onehot = np.eye(5)[t]
     np.testing.assert_allclose(K.cross_entropy_backward(x, t), (p - onehot) / 6, rtol=1e-13,
                                atol=1e-16)
+
+
+# ------------------------------------------------------------------ rounding of x - max, log1p
+
+
+def _ulps(got, true, dtype):
+    """|got - true| in units in the last place of the true value (mpmath at 150 digits)."""
+    true_d = np.asarray(float(true), dtype=dtype)
+    return abs(float(got) - true) / float(np.spacing(np.abs(true_d)))
+
+
+def _mp_softmax_row(row):
+    with mpmath.workdps(150):
+        xs = [mpmath.mpf(float(v)) for v in row]
+        top = max(xs)
+        es = [mpmath.exp(v - top) for v in xs]
+        total = mpmath.fsum(es)
+        rest = total - 1  # 150 digits: the rows here have rest >= 1e-60
+        return ([e / total for e in es],
+                [v - top - mpmath.log1p(rest) for v in xs])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_forward_keeps_the_rounding_of_x_minus_max(dtype):
+    # x - max rounds for entries far below a max of another binade, and exp multiplies that
+    # rounding by |x - max|: the kernel adds the difference's exact error back (TwoSum).
+    rng = np.random.default_rng(5)
+    rows = [np.concatenate([[rng.uniform(20, 60)], rng.uniform(-40, 3, 31)]).astype(dtype)
+            for _ in range(40)]
+    rows += [np.array([1e3, 1e3 - 70.3, 1e3 - 85.1, 999.9], dtype)]
+    worst = 0.0
+    for row in rows:
+        want, _ = _mp_softmax_row(row)
+        got = kernel(ROWWISE_BY_NAME["softmax"], "forward")(row)
+        fused, _ = kernel(ROWWISE_BY_NAME["softmax"], "forward_backward")(row, np.ones_like(row))
+        tiny = float(np.finfo(dtype).tiny)
+        for k, true in enumerate(want):
+            if float(true) >= tiny:
+                worst = max(worst, _ulps(got[k], true, dtype), _ulps(fused[k], true, dtype))
+    assert worst <= 4, worst
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_softmax_of_a_dominated_row_keeps_the_rest(dtype):
+    # log Σ e^(x - max) = log1p(rest): for the max entry y = -log1p(rest) ≈ -rest, which
+    # log(1 + rest) would round to 0. Ties of the max count in the rest.
+    rows = [np.array([0.0, -60.0, -70.0], dtype), np.array([119.3, 1.1, 0.4, -0.2], dtype),
+            np.array([5.0, 5.0, -30.0], dtype), np.array([3.0, 2.5, -1.0, 0.25], dtype)]
+    for row in rows:
+        _, want = _mp_softmax_row(row)
+        for fn in ("forward", "forward_backward"):
+            f = kernel(ROWWISE_BY_NAME["log_softmax"], fn)
+            got = f(row) if fn == "forward" else f(row, np.ones_like(row))[0]
+            for k, true in enumerate(want):
+                assert _ulps(got[k], true, dtype) <= 4, (row, k, got[k], float(true))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax", "softmin"])
+def test_rowwise_masked_entries_and_nan(dtype, name):
+    # A -inf logit (a mask) gives exactly 0 (or -inf) and no nan; a nan makes its row nan.
+    spec = ROWWISE_BY_NAME[name]
+    masked = -np.inf if name != "softmin" else np.inf
+    x = np.array([[1.0, masked, 2.0, 0.5], [1.0, np.nan, 2.0, 0.5]], dtype)
+    xt = torch.tensor(x)
+    want = torch_fn(spec)(xt, dim=-1).numpy()
+    for y in (kernel(spec, "forward")(x), kernel(spec, "forward_backward")(x, np.ones_like(x))[0]):
+        assert np.isnan(y[1]).all()
+        np.testing.assert_array_equal(y[0, 1], want[0, 1])
+        assert_close(y[0], want[0], dtype, f"{name} masked row")
+
+
+# ------------------------------------------------------- elementwise losses: both loop versions
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("size", [5, 4096 * 3 + 17, 40000])
+def test_bce_with_logits_scalar_and_tensor_operands_agree(dtype, reduction, size):
+    # Scalar weights take the hoisted (vectorized) loop, tensor ones the strided loop; the
+    # block sums of a reduced loss must match torch either way, serial and parallel sizes.
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 4, size).astype(dtype)
+    t = rng.random(size).astype(dtype)
+    f = kernel(ELEMENTWISE_BY_NAME["binary_cross_entropy_with_logits"], "forward_backward")
+    scalar = f(x, t, weight=0.75, pos_weight=1.5, reduction=reduction)
+    tensor = f(x, t, weight=np.full(size, 0.75, dtype), pos_weight=np.full(size, 1.5, dtype),
+               reduction=reduction)
+    xt = torch.tensor(x, requires_grad=True)
+    lt = torch.nn.functional.binary_cross_entropy_with_logits(
+        xt, torch.tensor(t), weight=torch.tensor(0.75, dtype=xt.dtype),
+        pos_weight=torch.tensor(1.5, dtype=xt.dtype), reduction=reduction)
+    lt.backward(torch.ones_like(lt))
+    for loss, grad in (scalar, tensor):
+        assert_close(np.asarray(loss), lt.detach().numpy(), dtype, "loss")
+        assert_close(grad, xt.grad.numpy(), dtype, "grad")
+    g = rng.normal(size=size).astype(dtype)
+    if reduction == "none":  # grad_output as an array: the g-versioned loop
+        b = kernel(ELEMENTWISE_BY_NAME["binary_cross_entropy_with_logits"], "backward")
+        np.testing.assert_allclose(b(x, t, g, weight=0.75, reduction="none"),
+                                   b(x, t, g, weight=np.full(size, 0.75, dtype),
+                                     reduction="none"), rtol=0, atol=0)
+
+
+ROWWISE_BY_NAME = {p.values[0].name: p.values[0] for p in ROWWISE}
+ELEMENTWISE_BY_NAME = {p.values[0].name: p.values[0] for p in ELEMENTWISE_LOSSES}
+
+
+# ------------------------------------------------------------------ row-loss contiguous fast path
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("n_classes", [2, 7, 256, 1000, 1027])
+def test_cross_entropy_contiguous_rows_match_torch_and_the_strided_kernel(dtype, smoothing,
+                                                                          n_classes):
+    # (N, C) rows take the fast path (integer-key max, exp stored in the gradient row, block
+    # sums); the same data with a trailing dim of 1 takes the strided kernel. Both match torch,
+    # with class weights, ignored rows, a row holding nan and a row with an overflowing logit.
+    import symgrad_kernels as K
+
+    rng = np.random.default_rng(n_classes)
+    x = rng.normal(0, 3, (6, n_classes)).astype(dtype)
+    x[1, 0] = 700.0 if dtype == np.float64 else 80.0
+    x[2, -1] = np.nan
+    x[3, :] = -x[3, ::-1]  # -nan where x held nan: a negative nan skipped by the max
+    t = rng.integers(0, n_classes, 6)
+    t[4] = -100
+    w = rng.uniform(0.5, 2.0, n_classes).astype(dtype)
+    g = rng.normal(size=6).astype(dtype)
+    xt = torch.tensor(x, requires_grad=True)
+    kw = {"weight": w, "label_smoothing": smoothing}
+    for reduction in REDUCTIONS:
+        lt = torch.nn.functional.cross_entropy(xt, torch.tensor(t), weight=torch.tensor(w),
+                                               label_smoothing=smoothing, reduction=reduction)
+        go = g if reduction == "none" else dtype(1.3)
+        xt.grad = None
+        lt.backward(torch.tensor(go))
+        loss, grad = K.cross_entropy_forward_backward(x, t, go, reduction=reduction, **kw)
+        assert_close(np.asarray(loss), lt.detach().numpy(), dtype, f"{reduction} loss")
+        assert_close(grad, xt.grad.numpy(), dtype, f"{reduction} grad")
+        strided = K.cross_entropy_forward_backward(x[..., None], t[..., None], go if
+                                                   reduction != "none" else go[:, None],
+                                                   reduction=reduction, **kw)
+        assert_close(np.asarray(strided[0]).reshape(np.shape(loss)), np.asarray(loss), dtype,
+                     "strided loss")
+        assert_close(strided[1][..., 0], grad, dtype, "strided grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["cross_entropy", "nll_loss", "multi_margin_loss"])
+def test_row_loss_parallel_kernels_match_torch(dtype, name):
+    # 40,000 elements: the prange kernels, strided and contiguous (parfor compiles them apart).
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 3, (40, 1000)).astype(dtype)
+    if name == "nll_loss":
+        x = torch.log_softmax(torch.tensor(x), 1).numpy()
+    t = rng.integers(0, 1000, 40)
+    import symgrad_kernels as K
+
+    f = getattr(K, f"{name}_forward_backward")
+    strided = [(x[..., None], t[..., None])] if name != "multi_margin_loss" else []  # 2-D only
+    for xs, ts in [(x, t), *strided]:
+        xt = torch.tensor(xs, requires_grad=True)
+        lt = getattr(torch.nn.functional, name)(xt, torch.tensor(ts))
+        lt.backward()
+        loss, grad = f(xs, ts)
+        assert_close(np.asarray(loss), lt.detach().numpy(), dtype, f"{name} loss")
+        assert_close(grad, xt.grad.numpy(), dtype, f"{name} grad")

@@ -20,152 +20,364 @@ from . import _runtime as _rt
 __all__ = ["binary_cross_entropy_with_logits_forward", "binary_cross_entropy_with_logits_backward", "binary_cross_entropy_with_logits_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _block_sum(values):
+    """Float64 sum with reassociation allowed (and no other fast-math assumption: nan and inf
+    propagate as usual), so that LLVM splits it over vector lanes."""
+    acc = 0.0
+    for v in values:
+        acc += np.float64(v)
+    return acc
+
+
+# Reduced losses run over blocks of this many elements: the losses of a block go to a buffer in
+# a loop with no reduction in it (which vectorizes at the full float32 width, unlike one that also
+# adds to a float64 sum), then the buffer is summed; block sums are added in order, so the result
+# does not depend on the number of threads.
+_BLOCK = 4096
+
+
 # ---------------------------------------------------------------- float32
 
 
 @njit(cache=True, error_model="numpy")
 def _loss_none_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, out, n):
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        out[i] = l
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _loss_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, out, n):
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        out[i] = l
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            # loss: 10 ops
+            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            out[i] = l
+    else:
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss: 10 ops
+            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            out[i] = l
 
 
 @njit(cache=True, error_model="numpy")
 def _grad_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, scale, out, n):
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # gradient: 8 ops
-        _c0 = _fn.sigmoid_f32(x)
-        _c1 = pos_weight*t
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        out[i] = dl * gs[i * g_stride] * scale
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _grad_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, scale, out, n):
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # gradient: 8 ops
-        _c0 = _fn.sigmoid_f32(x)
-        _c1 = pos_weight*t
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        out[i] = dl * gs[i * g_stride] * scale
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * g0 * scale
+        else:
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * gs[i] * scale
+    else:
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # gradient: 8 ops
+            _c0 = _fn.sigmoid_f32(x)
+            _c1 = pos_weight*t
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            out[i] = dl * gs[i * g_stride] * scale
 
 
 @njit(cache=True, error_model="numpy")
 def _fused_none_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, losses, out, n):
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f32(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        losses[i] = l
-        out[i] = dl * gs[i * g_stride]
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _fused_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, losses, out, n):
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f32(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        losses[i] = l
-        out[i] = dl * gs[i * g_stride]
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * g0
+        else:
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * gs[i]
+    else:
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss and gradient: 18 ops
+            _c0 = _fn.sigmoid_f32(x)
+            _c1 = pos_weight*t
+            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            losses[i] = l
+            out[i] = dl * gs[i * g_stride]
 
 
 @njit(cache=True, error_model="numpy")
 def _loss_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, n):
-    acc = 0.0  # float64 accumulation, also for float32 losses
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        acc += l
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss: 10 ops
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                buf[i - lo] = l
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss: 10 ops
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                buf[i - lo] = l
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy")
 def _fused_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, scale, out, n):
-    acc = 0.0
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f32(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        acc += l
-        out[i] = dl * scale
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _loss_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, out, n):
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            # loss: 10 ops
+            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            out[i] = l
+    else:
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss: 10 ops
+            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            out[i] = l
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _grad_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, scale, out, n):
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * g0 * scale
+        else:
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * gs[i] * scale
+    else:
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # gradient: 8 ops
+            _c0 = _fn.sigmoid_f32(x)
+            _c1 = pos_weight*t
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            out[i] = dl * gs[i * g_stride] * scale
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _fused_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, losses, out, n):
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * g0
+        else:
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * gs[i]
+    else:
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss and gradient: 18 ops
+            _c0 = _fn.sigmoid_f32(x)
+            _c1 = pos_weight*t
+            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            losses[i] = l
+            out[i] = dl * gs[i * g_stride]
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _loss_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, n):
-    acc = 0.0  # float64 accumulation, also for float32 losses
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        acc += l
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss: 10 ops
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                buf[i - lo] = l
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss: 10 ops
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                buf[i - lo] = l
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _fused_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, scale, out, n):
-    acc = 0.0
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f32(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        acc += l
-        out[i] = dl * scale
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f32(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- float64
@@ -173,147 +385,350 @@ def _fused_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
 
 @njit(cache=True, error_model="numpy")
 def _loss_none_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, out, n):
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        out[i] = l
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _loss_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, out, n):
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        out[i] = l
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            # loss: 10 ops
+            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            out[i] = l
+    else:
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss: 10 ops
+            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            out[i] = l
 
 
 @njit(cache=True, error_model="numpy")
 def _grad_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, scale, out, n):
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # gradient: 8 ops
-        _c0 = _fn.sigmoid_f64(x)
-        _c1 = pos_weight*t
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        out[i] = dl * gs[i * g_stride] * scale
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _grad_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, scale, out, n):
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # gradient: 8 ops
-        _c0 = _fn.sigmoid_f64(x)
-        _c1 = pos_weight*t
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        out[i] = dl * gs[i * g_stride] * scale
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * g0 * scale
+        else:
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * gs[i] * scale
+    else:
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # gradient: 8 ops
+            _c0 = _fn.sigmoid_f64(x)
+            _c1 = pos_weight*t
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            out[i] = dl * gs[i * g_stride] * scale
 
 
 @njit(cache=True, error_model="numpy")
 def _fused_none_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, losses, out, n):
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f64(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        losses[i] = l
-        out[i] = dl * gs[i * g_stride]
-
-@njit(cache=True, error_model="numpy", parallel=True)
-def _fused_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, losses, out, n):
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f64(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        losses[i] = l
-        out[i] = dl * gs[i * g_stride]
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * g0
+        else:
+            for i in range(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * gs[i]
+    else:
+        for i in range(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss and gradient: 18 ops
+            _c0 = _fn.sigmoid_f64(x)
+            _c1 = pos_weight*t
+            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            losses[i] = l
+            out[i] = dl * gs[i * g_stride]
 
 
 @njit(cache=True, error_model="numpy")
 def _loss_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, n):
-    acc = 0.0  # float64 accumulation, also for float32 losses
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        acc += l
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss: 10 ops
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                buf[i - lo] = l
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss: 10 ops
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                buf[i - lo] = l
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy")
 def _fused_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, scale, out, n):
-    acc = 0.0
-    for i in range(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f64(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        acc += l
-        out[i] = dl * scale
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _loss_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, out, n):
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            # loss: 10 ops
+            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            out[i] = l
+    else:
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss: 10 ops
+            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            out[i] = l
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _grad_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, scale, out, n):
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * g0 * scale
+        else:
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # gradient: 8 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                out[i] = dl * gs[i] * scale
+    else:
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # gradient: 8 ops
+            _c0 = _fn.sigmoid_f64(x)
+            _c1 = pos_weight*t
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            out[i] = dl * gs[i * g_stride] * scale
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _fused_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, gs, g_stride, losses, out, n):
+    if weight_stride == 0 and pos_weight_stride == 0:
+        weight = weight_arr[0]
+        pos_weight = pos_weight_arr[0]
+        if g_stride == 0:
+            g0 = gs[0]
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * g0
+        else:
+            for i in prange(n):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                losses[i] = l
+                out[i] = dl * gs[i]
+    else:
+        for i in prange(n):
+            x = xs[i]
+            t = ts[i]
+            weight = weight_arr[i * weight_stride]
+            pos_weight = pos_weight_arr[i * pos_weight_stride]
+            # loss and gradient: 18 ops
+            _c0 = _fn.sigmoid_f64(x)
+            _c1 = pos_weight*t
+            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            losses[i] = l
+            out[i] = dl * gs[i * g_stride]
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _loss_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, n):
-    acc = 0.0  # float64 accumulation, also for float32 losses
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss: 10 ops
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        acc += l
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss: 10 ops
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                buf[i - lo] = l
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss: 10 ops
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                buf[i - lo] = l
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _fused_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos_weight_stride, scale, out, n):
-    acc = 0.0
-    for i in prange(n):
-        x = xs[i]
-        t = ts[i]
-        weight = weight_arr[i * weight_stride]
-        pos_weight = pos_weight_arr[i * pos_weight_stride]
-        # loss and gradient: 18 ops
-        _c0 = _fn.sigmoid_f64(x)
-        _c1 = pos_weight*t
-        l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-        dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
-        acc += l
-        out[i] = dl * scale
-    return acc
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.empty(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = np.empty(hi - lo, xs.dtype)
+        if weight_stride == 0 and pos_weight_stride == 0:
+            weight = weight_arr[0]
+            pos_weight = pos_weight_arr[0]
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        else:
+            for i in range(lo, hi):
+                x = xs[i]
+                t = ts[i]
+                weight = weight_arr[i * weight_stride]
+                pos_weight = pos_weight_arr[i * pos_weight_stride]
+                # loss and gradient: 18 ops
+                _c0 = _fn.sigmoid_f64(x)
+                _c1 = pos_weight*t
+                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                buf[i - lo] = l
+                out[i] = dl * scale
+        partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
+
+
+@njit(cache=True, error_model="numpy")
+def _ordered_sum(values):
+    total = 0.0
+    for v in values:
+        total += v
+    return total
 
 
 def _pick(name, dtype, size):

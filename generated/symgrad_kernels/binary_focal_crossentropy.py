@@ -30,6 +30,13 @@ from . import _runtime as _rt
 __all__ = ["binary_focal_crossentropy_forward", "binary_focal_crossentropy_backward", "binary_focal_crossentropy_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_dense_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -155,6 +162,144 @@ def _rows_v0_dense_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true
             _c20 = -(_c13*_c19) - (_c7*_c9) + np.float32(1.0)
             d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else np.float32(-0.125)*((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6)))))
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = _fn.sigmoid_f32(x)
+                _c3 = (t)*np.float32(2.0)
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = -(_c4) + label_smoothing + np.float32(-2.0)
+                _c8 = (_c5*alpha + _c7*(alpha + np.float32(-1.0)))*((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
+                _c9 = (_c8)*np.float32(0.5)
+                v_S = (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c8*(_c5*_fn.softplus_f32(_c6) - (_c7*_fn.softplus_f32(x))))*np.float32(0.25)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = _c0*_c2
+            _c4 = -(_c3)
+            _c5 = _c4 + label_smoothing
+            _c6 = _fn.sigmoid_f32(x)
+            _c7 = (_c6)*np.float32(0.5)
+            _c8 = -(_c0*_c2)
+            _c9 = _c8 + label_smoothing
+            _c10 = _c9 + np.float32(-2.0)
+            _c11 = -(x)
+            _c12 = _fn.sigmoid_f32(_c11)
+            _c13 = (_c12)*np.float32(0.5)
+            _c14 = gamma + np.float32(-1.0)
+            _c15 = _c5*alpha
+            _c16 = alpha + np.float32(-1.0)
+            _c17 = _c12*_c6*gamma
+            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing + np.float32(-2.0)))*(_c10*_c13 - (_c5*_c7) + np.float32(1.0))**_c14*(_c4 + _c8 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0)))*np.float32(0.25)
+            _c19 = -(_c10)
+            _c20 = -(_c13*_c19) - (_c7*_c9) + np.float32(1.0)
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else (((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*np.float32(-0.125)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = _fn.sigmoid_f32(x)
+                _c3 = (t)*np.float32(2.0)
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = -(_c4) + label_smoothing + np.float32(-2.0)
+                _c8 = (_c5*alpha + _c7*(alpha + np.float32(-1.0)))*((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
+                _c9 = (_c8)*np.float32(0.5)
+                v_S = (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c8*(_c5*_fn.softplus_f32(_c6) - (_c7*_fn.softplus_f32(x))))*np.float32(0.25)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = _c0*_c2
+            _c4 = -(_c3)
+            _c5 = _c4 + label_smoothing
+            _c6 = _fn.sigmoid_f32(x)
+            _c7 = (_c6)*np.float32(0.5)
+            _c8 = -(_c0*_c2)
+            _c9 = _c8 + label_smoothing
+            _c10 = _c9 + np.float32(-2.0)
+            _c11 = -(x)
+            _c12 = _fn.sigmoid_f32(_c11)
+            _c13 = (_c12)*np.float32(0.5)
+            _c14 = gamma + np.float32(-1.0)
+            _c15 = _c5*alpha
+            _c16 = alpha + np.float32(-1.0)
+            _c17 = _c12*_c6*gamma
+            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing + np.float32(-2.0)))*(_c10*_c13 - (_c5*_c7) + np.float32(1.0))**_c14*(_c4 + _c8 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0)))*np.float32(0.25)
+            _c19 = -(_c10)
+            _c20 = -(_c13*_c19) - (_c7*_c9) + np.float32(1.0)
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else (((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*np.float32(-0.125)))
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -286,6 +431,144 @@ def _rows_v0_dense_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = _fn.sigmoid_f64(x)
+                _c3 = (t)*2.0
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = -(_c4) + label_smoothing - 2.0
+                _c8 = (_c5*alpha + _c7*(alpha - 1.0))*((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
+                _c9 = (_c8)*0.5
+                v_S = (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c8*(_c5*_fn.softplus_f64(_c6) - (_c7*_fn.softplus_f64(x))))*0.25))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = _c0*_c2
+            _c4 = -(_c3)
+            _c5 = _c4 + label_smoothing
+            _c6 = _fn.sigmoid_f64(x)
+            _c7 = (_c6)*0.5
+            _c8 = -(_c0*_c2)
+            _c9 = _c8 + label_smoothing
+            _c10 = _c9 - 2.0
+            _c11 = -(x)
+            _c12 = _fn.sigmoid_f64(_c11)
+            _c13 = (_c12)*0.5
+            _c14 = gamma - 1.0
+            _c15 = _c5*alpha
+            _c16 = alpha - 1.0
+            _c17 = _c12*_c6*gamma
+            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing - 2.0))*(_c10*_c13 - (_c5*_c7) + 1.0)**_c14*(_c4 + _c8 + (label_smoothing)*2.0 - 2.0))*0.25
+            _c19 = -(_c10)
+            _c20 = -(_c13*_c19) - (_c7*_c9) + 1.0
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c6 < 1e-07) else (_c18*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c6 > 0.9999999) else (((_c10*_c16)*2.0 + (_c15)*2.0)*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f64(x)) + _c5*_fn.softplus_f64(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*-0.125))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = _fn.sigmoid_f64(x)
+                _c3 = (t)*2.0
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = -(_c4) + label_smoothing - 2.0
+                _c8 = (_c5*alpha + _c7*(alpha - 1.0))*((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
+                _c9 = (_c8)*0.5
+                v_S = (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c8*(_c5*_fn.softplus_f64(_c6) - (_c7*_fn.softplus_f64(x))))*0.25))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = _c0*_c2
+            _c4 = -(_c3)
+            _c5 = _c4 + label_smoothing
+            _c6 = _fn.sigmoid_f64(x)
+            _c7 = (_c6)*0.5
+            _c8 = -(_c0*_c2)
+            _c9 = _c8 + label_smoothing
+            _c10 = _c9 - 2.0
+            _c11 = -(x)
+            _c12 = _fn.sigmoid_f64(_c11)
+            _c13 = (_c12)*0.5
+            _c14 = gamma - 1.0
+            _c15 = _c5*alpha
+            _c16 = alpha - 1.0
+            _c17 = _c12*_c6*gamma
+            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing - 2.0))*(_c10*_c13 - (_c5*_c7) + 1.0)**_c14*(_c4 + _c8 + (label_smoothing)*2.0 - 2.0))*0.25
+            _c19 = -(_c10)
+            _c20 = -(_c13*_c19) - (_c7*_c9) + 1.0
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c6 < 1e-07) else (_c18*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c6 > 0.9999999) else (((_c10*_c16)*2.0 + (_c15)*2.0)*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f64(x)) + _c5*_fn.softplus_f64(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*-0.125))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_dense_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -394,6 +677,124 @@ def _rows_v1_dense_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = (t)*np.float32(2.0)
+                _c3 = _c0*_c2
+                _c4 = -(_c3) + label_smoothing
+                _c5 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+                _c6 = (_c4*alpha + (alpha + np.float32(-1.0))*(-(_c3) + label_smoothing + np.float32(-2.0)))*((_c4*x)*np.float32(-0.5) + (_c5*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
+                _c7 = (_c6)*np.float32(0.5)
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c6*(_c4*_fn.log_f32(x) - (_c5*_fn.log1p_f32(-(x)))))*np.float32(-0.25)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = _c3 - (label_smoothing)
+            _c6 = -(_c5) + np.float32(-2.0)
+            _c7 = _c4*alpha + _c6*(alpha + np.float32(-1.0))
+            _c8 = x + np.float32(-1.0)
+            _c9 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+            _c10 = (_c4*x)*np.float32(-0.5) + (_c8*_c9)*np.float32(-0.5) + np.float32(1.0)
+            _c11 = _c10**(gamma + np.float32(-1.0))*gamma*(-(_c5) + np.float32(-1.0))
+            _c12 = (_c11*_c7)*np.float32(0.5)
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f32(x) - (_c9*_fn.log1p_f32(-(x))))))*np.float32(0.25)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = (t)*np.float32(2.0)
+                _c3 = _c0*_c2
+                _c4 = -(_c3) + label_smoothing
+                _c5 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+                _c6 = (_c4*alpha + (alpha + np.float32(-1.0))*(-(_c3) + label_smoothing + np.float32(-2.0)))*((_c4*x)*np.float32(-0.5) + (_c5*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
+                _c7 = (_c6)*np.float32(0.5)
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c6*(_c4*_fn.log_f32(x) - (_c5*_fn.log1p_f32(-(x)))))*np.float32(-0.25)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = _c3 - (label_smoothing)
+            _c6 = -(_c5) + np.float32(-2.0)
+            _c7 = _c4*alpha + _c6*(alpha + np.float32(-1.0))
+            _c8 = x + np.float32(-1.0)
+            _c9 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+            _c10 = (_c4*x)*np.float32(-0.5) + (_c8*_c9)*np.float32(-0.5) + np.float32(1.0)
+            _c11 = _c10**(gamma + np.float32(-1.0))*gamma*(-(_c5) + np.float32(-1.0))
+            _c12 = (_c11*_c7)*np.float32(0.5)
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f32(x) - (_c9*_fn.log1p_f32(-(x))))))*np.float32(0.25)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_dense_ser_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -499,6 +900,124 @@ def _rows_v1_dense_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true
             _c12 = 0.5*_c11*_c7
             d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else 0.25*_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x)))))))
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = (t)*2.0
+                _c3 = _c0*_c2
+                _c4 = -(_c3) + label_smoothing
+                _c5 = -(_c0*_c2) + label_smoothing - 2.0
+                _c6 = (_c4*alpha + (alpha - 1.0)*(-(_c3) + label_smoothing - 2.0))*((_c4*x)*-0.5 + (_c5*(x - 1.0))*-0.5 + 1.0)**gamma
+                _c7 = (_c6)*0.5
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c6*(_c4*_fn.log_f64(x) - (_c5*_fn.log1p_f64(-(x)))))*-0.25))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = _c3 - (label_smoothing)
+            _c6 = -(_c5) - 2.0
+            _c7 = _c4*alpha + _c6*(alpha - 1.0)
+            _c8 = x - 1.0
+            _c9 = -(_c0*_c2) + label_smoothing - 2.0
+            _c10 = (_c4*x)*-0.5 + (_c8*_c9)*-0.5 + 1.0
+            _c11 = _c10**(gamma - 1.0)*gamma*(-(_c5) - 1.0)
+            _c12 = (_c11*_c7)*0.5
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x))))))*0.25))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = (t)*2.0
+                _c3 = _c0*_c2
+                _c4 = -(_c3) + label_smoothing
+                _c5 = -(_c0*_c2) + label_smoothing - 2.0
+                _c6 = (_c4*alpha + (alpha - 1.0)*(-(_c3) + label_smoothing - 2.0))*((_c4*x)*-0.5 + (_c5*(x - 1.0))*-0.5 + 1.0)**gamma
+                _c7 = (_c6)*0.5
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c6*(_c4*_fn.log_f64(x) - (_c5*_fn.log1p_f64(-(x)))))*-0.25))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = _c3 - (label_smoothing)
+            _c6 = -(_c5) - 2.0
+            _c7 = _c4*alpha + _c6*(alpha - 1.0)
+            _c8 = x - 1.0
+            _c9 = -(_c0*_c2) + label_smoothing - 2.0
+            _c10 = (_c4*x)*-0.5 + (_c8*_c9)*-0.5 + 1.0
+            _c11 = _c10**(gamma - 1.0)*gamma*(-(_c5) - 1.0)
+            _c12 = (_c11*_c7)*0.5
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x))))))*0.25))
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -620,6 +1139,134 @@ def _rows_v2_dense_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v2_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = _fn.sigmoid_f32(x)
+                _c3 = (t)*np.float32(2.0)
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = ((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c7*(_c5*_fn.softplus_f32(_c6) - ((-(_c4) + label_smoothing + np.float32(-2.0))*_fn.softplus_f32(x))))*np.float32(0.5)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = -(_c0*_c2)
+            _c4 = _c3 + label_smoothing
+            _c5 = _fn.sigmoid_f32(x)
+            _c6 = (_c5)*np.float32(0.5)
+            _c7 = -(_c0*_c2)
+            _c8 = _c7 + label_smoothing
+            _c9 = _c8 + np.float32(-2.0)
+            _c10 = -(x)
+            _c11 = _fn.sigmoid_f32(_c10)
+            _c12 = (_c11)*np.float32(0.5)
+            _c13 = gamma + np.float32(-1.0)
+            _c14 = _c5*gamma
+            _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + np.float32(1.0))**_c13*(_c3 + _c7 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0))
+            _c16 = -(_c9)
+            _c17 = -(_c12*_c16) - (_c6*_c8) + np.float32(1.0)
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c5 < np.float32(1e-07)) else (_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c5 > np.float32(0.9999999)) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f32(_c10) - (_c9*_fn.softplus_f32(x))))*np.float32(-0.5) + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*np.float32(-0.5)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v2_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = _fn.sigmoid_f32(x)
+                _c3 = (t)*np.float32(2.0)
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = ((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c7*(_c5*_fn.softplus_f32(_c6) - ((-(_c4) + label_smoothing + np.float32(-2.0))*_fn.softplus_f32(x))))*np.float32(0.5)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = -(_c0*_c2)
+            _c4 = _c3 + label_smoothing
+            _c5 = _fn.sigmoid_f32(x)
+            _c6 = (_c5)*np.float32(0.5)
+            _c7 = -(_c0*_c2)
+            _c8 = _c7 + label_smoothing
+            _c9 = _c8 + np.float32(-2.0)
+            _c10 = -(x)
+            _c11 = _fn.sigmoid_f32(_c10)
+            _c12 = (_c11)*np.float32(0.5)
+            _c13 = gamma + np.float32(-1.0)
+            _c14 = _c5*gamma
+            _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + np.float32(1.0))**_c13*(_c3 + _c7 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0))
+            _c16 = -(_c9)
+            _c17 = -(_c12*_c16) - (_c6*_c8) + np.float32(1.0)
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c5 < np.float32(1e-07)) else (_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c5 > np.float32(0.9999999)) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f32(_c10) - (_c9*_fn.softplus_f32(x))))*np.float32(-0.5) + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*np.float32(-0.5)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v2_dense_ser_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -738,6 +1385,134 @@ def _rows_v2_dense_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v2_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = _fn.sigmoid_f64(x)
+                _c3 = (t)*2.0
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = ((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c7*(_c5*_fn.softplus_f64(_c6) - ((-(_c4) + label_smoothing - 2.0)*_fn.softplus_f64(x))))*0.5))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = -(_c0*_c2)
+            _c4 = _c3 + label_smoothing
+            _c5 = _fn.sigmoid_f64(x)
+            _c6 = (_c5)*0.5
+            _c7 = -(_c0*_c2)
+            _c8 = _c7 + label_smoothing
+            _c9 = _c8 - 2.0
+            _c10 = -(x)
+            _c11 = _fn.sigmoid_f64(_c10)
+            _c12 = (_c11)*0.5
+            _c13 = gamma - 1.0
+            _c14 = _c5*gamma
+            _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + 1.0)**_c13*(_c3 + _c7 + (label_smoothing)*2.0 - 2.0)
+            _c16 = -(_c9)
+            _c17 = -(_c12*_c16) - (_c6*_c8) + 1.0
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c5 < 1e-07) else (_c15*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c5 > 0.9999999) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f64(_c10) - (_c9*_fn.softplus_f64(x))))*-0.5 + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*-0.5))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v2_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = _fn.sigmoid_f64(x)
+                _c3 = (t)*2.0
+                _c4 = _c0*_c3
+                _c5 = -(_c4) + label_smoothing
+                _c6 = -(x)
+                _c7 = ((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c7*(_c5*_fn.softplus_f64(_c6) - ((-(_c4) + label_smoothing - 2.0)*_fn.softplus_f64(x))))*0.5))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = -(_c0*_c2)
+            _c4 = _c3 + label_smoothing
+            _c5 = _fn.sigmoid_f64(x)
+            _c6 = (_c5)*0.5
+            _c7 = -(_c0*_c2)
+            _c8 = _c7 + label_smoothing
+            _c9 = _c8 - 2.0
+            _c10 = -(x)
+            _c11 = _fn.sigmoid_f64(_c10)
+            _c12 = (_c11)*0.5
+            _c13 = gamma - 1.0
+            _c14 = _c5*gamma
+            _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + 1.0)**_c13*(_c3 + _c7 + (label_smoothing)*2.0 - 2.0)
+            _c16 = -(_c9)
+            _c17 = -(_c12*_c16) - (_c6*_c8) + 1.0
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c5 < 1e-07) else (_c15*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c5 > 0.9999999) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f64(_c10) - (_c9*_fn.softplus_f64(x))))*-0.5 + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*-0.5))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v3_dense_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -833,6 +1608,114 @@ def _rows_v3_dense_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true
             _c9 = _c7**(gamma + np.float32(-1.0))*gamma*(-(_c8) + np.float32(-1.0))
             d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else np.float32(0.5)*_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5) + np.float32(0.5)*_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x))))))
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v3_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = (t)*np.float32(2.0)
+                _c3 = -(_c0*_c2) + label_smoothing
+                _c4 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+                _c5 = ((_c3*x)*np.float32(-0.5) + (_c4*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c5*(_c3*_fn.log_f32(x) - (_c4*_fn.log1p_f32(-(x)))))*np.float32(-0.5)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = x + np.float32(-1.0)
+            _c6 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+            _c7 = (_c4*x)*np.float32(-0.5) + (_c5*_c6)*np.float32(-0.5) + np.float32(1.0)
+            _c8 = _c3 - (label_smoothing)
+            _c9 = _c7**(gamma + np.float32(-1.0))*gamma*(-(_c8) + np.float32(-1.0))
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5))*np.float32(0.5) + (_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x)))))*np.float32(0.5)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v3_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing + np.float32(-1.0)
+                _c1 = (_c0*t)*np.float32(16.118095550958316)
+                _c2 = (t)*np.float32(2.0)
+                _c3 = -(_c0*_c2) + label_smoothing
+                _c4 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+                _c5 = ((_c3*x)*np.float32(-0.5) + (_c4*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c5*(_c3*_fn.log_f32(x) - (_c4*_fn.log1p_f32(-(x)))))*np.float32(-0.5)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing + np.float32(-1.0)
+            _c1 = (_c0*t)*np.float32(16.118095550958316)
+            _c2 = (t)*np.float32(2.0)
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = x + np.float32(-1.0)
+            _c6 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
+            _c7 = (_c4*x)*np.float32(-0.5) + (_c5*_c6)*np.float32(-0.5) + np.float32(1.0)
+            _c8 = _c3 - (label_smoothing)
+            _c9 = _c7**(gamma + np.float32(-1.0))*gamma*(-(_c8) + np.float32(-1.0))
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5))*np.float32(0.5) + (_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x)))))*np.float32(0.5)))
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -934,6 +1817,114 @@ def _rows_v3_dense_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v3_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = (t)*2.0
+                _c3 = -(_c0*_c2) + label_smoothing
+                _c4 = -(_c0*_c2) + label_smoothing - 2.0
+                _c5 = ((_c3*x)*-0.5 + (_c4*(x - 1.0))*-0.5 + 1.0)**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c5*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c5*(_c3*_fn.log_f64(x) - (_c4*_fn.log1p_f64(-(x)))))*-0.5))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = x - 1.0
+            _c6 = -(_c0*_c2) + label_smoothing - 2.0
+            _c7 = (_c4*x)*-0.5 + (_c5*_c6)*-0.5 + 1.0
+            _c8 = _c3 - (label_smoothing)
+            _c9 = _c7**(gamma - 1.0)*gamma*(-(_c8) - 1.0)
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7**gamma*(-(_c4/x) + (-(_c8) - 2.0)/_c5))*0.5 + (_c9*(_c4*_fn.log_f64(x) - (_c6*_fn.log1p_f64(-(x)))))*0.5))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v3_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = label_smoothing - 1.0
+                _c1 = (_c0*t)*16.118095550958316
+                _c2 = (t)*2.0
+                _c3 = -(_c0*_c2) + label_smoothing
+                _c4 = -(_c0*_c2) + label_smoothing - 2.0
+                _c5 = ((_c3*x)*-0.5 + (_c4*(x - 1.0))*-0.5 + 1.0)**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c5*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c5*(_c3*_fn.log_f64(x) - (_c4*_fn.log1p_f64(-(x)))))*-0.5))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            _c0 = label_smoothing - 1.0
+            _c1 = (_c0*t)*16.118095550958316
+            _c2 = (t)*2.0
+            _c3 = _c0*_c2
+            _c4 = -(_c3) + label_smoothing
+            _c5 = x - 1.0
+            _c6 = -(_c0*_c2) + label_smoothing - 2.0
+            _c7 = (_c4*x)*-0.5 + (_c5*_c6)*-0.5 + 1.0
+            _c8 = _c3 - (label_smoothing)
+            _c9 = _c7**(gamma - 1.0)*gamma*(-(_c8) - 1.0)
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7**gamma*(-(_c4/x) + (-(_c8) - 2.0)/_c5))*0.5 + (_c9*(_c4*_fn.log_f64(x) - (_c6*_fn.log1p_f64(-(x)))))*0.5))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 
 
 # Variant by the values of (apply_class_balancing, from_logits).
@@ -945,10 +1936,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -1066,7 +2062,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

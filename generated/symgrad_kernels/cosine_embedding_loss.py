@@ -22,6 +22,13 @@ from . import _runtime as _rt
 __all__ = ["cosine_embedding_loss_forward", "cosine_embedding_loss_backward", "cosine_embedding_loss_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_none_ser_float32(input1_arr, input2_arr, target_arr, margin, gs, g_stride, want_grad, losses, out_input1, out_input2, shape):
     outer_, n_, inner_ = shape
@@ -137,6 +144,142 @@ def _rows_v0_none_par_float32(input1_arr, input2_arr, target_arr, margin, gs, g_
             d_input2 = (adj_N_2*x2)*np.float32(2.0) + adj_P*x
             out_input1[o_, j_, c_] = d_input1
             out_input2[o_, j_, c_] = d_input2
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_none_contig_ser_float32(input1_arr, input2_arr, target_arr, margin, gs, g_stride, want_grad, losses, out_input1, out_input2, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        y = target_arr[o_, c_]
+        acc_P = 0.0  # float64 accumulation
+        acc_N_1 = 0.0  # float64 accumulation
+        acc_N_2 = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P = np.float32(0.0)
+            p_N_1 = np.float32(0.0)
+            p_N_2 = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input1_arr[o_, np.uint64(j_)]
+                x2 = input2_arr[o_, np.uint64(j_)]
+                v_P = x*x2
+                v_N_1 = (x*x)
+                v_N_2 = (x2*x2)
+                p_P = _add(p_P, v_P)
+                p_N_1 = _add(p_N_1, v_N_1)
+                p_N_2 = _add(p_N_2, v_N_2)
+            acc_P += np.float64(p_P)
+            acc_N_1 += np.float64(p_N_1)
+            acc_N_2 += np.float64(p_N_2)
+        P = np.float32(acc_P)
+        N_1 = np.float32(acc_N_1)
+        N_2 = np.float32(acc_N_2)
+        _c0 = P/math.sqrt((N_1 + np.float32(9.999999960041972e-13))*(N_2 + np.float32(9.999999960041972e-13)))
+        _c1 = _c0 - (margin)
+        l = (np.float32(1.0) - (_c0) if (y == np.float32(1.0)) else (_c1 if ((y == np.float32(-1.0)) and (_c1 >= np.float32(0.0))) else np.float32(0.0)))
+        mw_ = np.float32(1.0)
+        if P != P or N_1 != N_1 or N_2 != N_2:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = N_2 + np.float32(9.999999960041972e-13)
+        _c1 = N_1 + np.float32(9.999999960041972e-13)
+        _c2 = (np.float32(1.0)/math.sqrt(_c0*_c1))
+        _c3 = P*_c2
+        _c4 = (_c3)*np.float32(0.5)
+        _c5 = _c4/_c0
+        _c6 = (y == np.float32(1.0))
+        _c7 = ((y == np.float32(-1.0)) and (_c3 - (margin) >= np.float32(0.0)))
+        _c8 = _c4/_c1
+        adj_N_2 = gr_*(_c5 if _c6 else (-(_c5) if _c7 else np.float32(0.0)))
+        adj_N_1 = gr_*(_c8 if _c6 else (-(_c8) if _c7 else np.float32(0.0)))
+        adj_P = gr_*(-(_c2) if _c6 else (_c2 if _c7 else np.float32(0.0)))
+        for j_ in range(n_):
+            x = input1_arr[o_, np.uint64(j_)]
+            x2 = input2_arr[o_, np.uint64(j_)]
+            d_input1 = (adj_N_1*x)*np.float32(2.0) + adj_P*x2
+            d_input2 = (adj_N_2*x2)*np.float32(2.0) + adj_P*x
+            out_input1[o_, j_] = d_input1
+            out_input2[o_, j_] = d_input2
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_none_contig_par_float32(input1_arr, input2_arr, target_arr, margin, gs, g_stride, want_grad, losses, out_input1, out_input2, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        y = target_arr[o_, c_]
+        acc_P = 0.0  # float64 accumulation
+        acc_N_1 = 0.0  # float64 accumulation
+        acc_N_2 = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P = np.float32(0.0)
+            p_N_1 = np.float32(0.0)
+            p_N_2 = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input1_arr[o_, np.uint64(j_)]
+                x2 = input2_arr[o_, np.uint64(j_)]
+                v_P = x*x2
+                v_N_1 = (x*x)
+                v_N_2 = (x2*x2)
+                p_P = _add(p_P, v_P)
+                p_N_1 = _add(p_N_1, v_N_1)
+                p_N_2 = _add(p_N_2, v_N_2)
+            acc_P += np.float64(p_P)
+            acc_N_1 += np.float64(p_N_1)
+            acc_N_2 += np.float64(p_N_2)
+        P = np.float32(acc_P)
+        N_1 = np.float32(acc_N_1)
+        N_2 = np.float32(acc_N_2)
+        _c0 = P/math.sqrt((N_1 + np.float32(9.999999960041972e-13))*(N_2 + np.float32(9.999999960041972e-13)))
+        _c1 = _c0 - (margin)
+        l = (np.float32(1.0) - (_c0) if (y == np.float32(1.0)) else (_c1 if ((y == np.float32(-1.0)) and (_c1 >= np.float32(0.0))) else np.float32(0.0)))
+        mw_ = np.float32(1.0)
+        if P != P or N_1 != N_1 or N_2 != N_2:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = N_2 + np.float32(9.999999960041972e-13)
+        _c1 = N_1 + np.float32(9.999999960041972e-13)
+        _c2 = (np.float32(1.0)/math.sqrt(_c0*_c1))
+        _c3 = P*_c2
+        _c4 = (_c3)*np.float32(0.5)
+        _c5 = _c4/_c0
+        _c6 = (y == np.float32(1.0))
+        _c7 = ((y == np.float32(-1.0)) and (_c3 - (margin) >= np.float32(0.0)))
+        _c8 = _c4/_c1
+        adj_N_2 = gr_*(_c5 if _c6 else (-(_c5) if _c7 else np.float32(0.0)))
+        adj_N_1 = gr_*(_c8 if _c6 else (-(_c8) if _c7 else np.float32(0.0)))
+        adj_P = gr_*(-(_c2) if _c6 else (_c2 if _c7 else np.float32(0.0)))
+        for j_ in range(n_):
+            x = input1_arr[o_, np.uint64(j_)]
+            x2 = input2_arr[o_, np.uint64(j_)]
+            d_input1 = (adj_N_1*x)*np.float32(2.0) + adj_P*x2
+            d_input2 = (adj_N_2*x2)*np.float32(2.0) + adj_P*x
+            out_input1[o_, j_] = d_input1
+            out_input2[o_, j_] = d_input2
     return total_, weight_
 
 
@@ -258,6 +401,142 @@ def _rows_v0_none_par_float64(input1_arr, input2_arr, target_arr, margin, gs, g_
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_none_contig_ser_float64(input1_arr, input2_arr, target_arr, margin, gs, g_stride, want_grad, losses, out_input1, out_input2, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        y = target_arr[o_, c_]
+        acc_P = 0.0  # float64 accumulation
+        acc_N_1 = 0.0  # float64 accumulation
+        acc_N_2 = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P = np.float64(0.0)
+            p_N_1 = np.float64(0.0)
+            p_N_2 = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input1_arr[o_, np.uint64(j_)]
+                x2 = input2_arr[o_, np.uint64(j_)]
+                v_P = x*x2
+                v_N_1 = (x*x)
+                v_N_2 = (x2*x2)
+                p_P = _add(p_P, v_P)
+                p_N_1 = _add(p_N_1, v_N_1)
+                p_N_2 = _add(p_N_2, v_N_2)
+            acc_P += np.float64(p_P)
+            acc_N_1 += np.float64(p_N_1)
+            acc_N_2 += np.float64(p_N_2)
+        P = np.float64(acc_P)
+        N_1 = np.float64(acc_N_1)
+        N_2 = np.float64(acc_N_2)
+        _c0 = P/math.sqrt((N_1 + 9.999999960041972e-13)*(N_2 + 9.999999960041972e-13))
+        _c1 = _c0 - (margin)
+        l = (1.0 - (_c0) if (y == 1.0) else (_c1 if ((y == -1.0) and (_c1 >= 0.0)) else 0.0))
+        mw_ = 1.0
+        if P != P or N_1 != N_1 or N_2 != N_2:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = N_2 + 9.999999960041972e-13
+        _c1 = N_1 + 9.999999960041972e-13
+        _c2 = (1.0/math.sqrt(_c0*_c1))
+        _c3 = P*_c2
+        _c4 = (_c3)*0.5
+        _c5 = _c4/_c0
+        _c6 = (y == 1.0)
+        _c7 = ((y == -1.0) and (_c3 - (margin) >= 0.0))
+        _c8 = _c4/_c1
+        adj_N_2 = gr_*(_c5 if _c6 else (-(_c5) if _c7 else 0.0))
+        adj_N_1 = gr_*(_c8 if _c6 else (-(_c8) if _c7 else 0.0))
+        adj_P = gr_*(-(_c2) if _c6 else (_c2 if _c7 else 0.0))
+        for j_ in range(n_):
+            x = input1_arr[o_, np.uint64(j_)]
+            x2 = input2_arr[o_, np.uint64(j_)]
+            d_input1 = (adj_N_1*x)*2.0 + adj_P*x2
+            d_input2 = (adj_N_2*x2)*2.0 + adj_P*x
+            out_input1[o_, j_] = d_input1
+            out_input2[o_, j_] = d_input2
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_none_contig_par_float64(input1_arr, input2_arr, target_arr, margin, gs, g_stride, want_grad, losses, out_input1, out_input2, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        y = target_arr[o_, c_]
+        acc_P = 0.0  # float64 accumulation
+        acc_N_1 = 0.0  # float64 accumulation
+        acc_N_2 = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P = np.float64(0.0)
+            p_N_1 = np.float64(0.0)
+            p_N_2 = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input1_arr[o_, np.uint64(j_)]
+                x2 = input2_arr[o_, np.uint64(j_)]
+                v_P = x*x2
+                v_N_1 = (x*x)
+                v_N_2 = (x2*x2)
+                p_P = _add(p_P, v_P)
+                p_N_1 = _add(p_N_1, v_N_1)
+                p_N_2 = _add(p_N_2, v_N_2)
+            acc_P += np.float64(p_P)
+            acc_N_1 += np.float64(p_N_1)
+            acc_N_2 += np.float64(p_N_2)
+        P = np.float64(acc_P)
+        N_1 = np.float64(acc_N_1)
+        N_2 = np.float64(acc_N_2)
+        _c0 = P/math.sqrt((N_1 + 9.999999960041972e-13)*(N_2 + 9.999999960041972e-13))
+        _c1 = _c0 - (margin)
+        l = (1.0 - (_c0) if (y == 1.0) else (_c1 if ((y == -1.0) and (_c1 >= 0.0)) else 0.0))
+        mw_ = 1.0
+        if P != P or N_1 != N_1 or N_2 != N_2:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = N_2 + 9.999999960041972e-13
+        _c1 = N_1 + 9.999999960041972e-13
+        _c2 = (1.0/math.sqrt(_c0*_c1))
+        _c3 = P*_c2
+        _c4 = (_c3)*0.5
+        _c5 = _c4/_c0
+        _c6 = (y == 1.0)
+        _c7 = ((y == -1.0) and (_c3 - (margin) >= 0.0))
+        _c8 = _c4/_c1
+        adj_N_2 = gr_*(_c5 if _c6 else (-(_c5) if _c7 else 0.0))
+        adj_N_1 = gr_*(_c8 if _c6 else (-(_c8) if _c7 else 0.0))
+        adj_P = gr_*(-(_c2) if _c6 else (_c2 if _c7 else 0.0))
+        for j_ in range(n_):
+            x = input1_arr[o_, np.uint64(j_)]
+            x2 = input2_arr[o_, np.uint64(j_)]
+            d_input1 = (adj_N_1*x)*2.0 + adj_P*x2
+            d_input2 = (adj_N_2*x2)*2.0 + adj_P*x
+            out_input1[o_, j_] = d_input1
+            out_input2[o_, j_] = d_input2
+    return total_, weight_
+
+
 
 
 # Variant by the values of ().
@@ -266,10 +545,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -378,7 +662,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['input1', 'input2']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

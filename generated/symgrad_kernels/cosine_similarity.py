@@ -22,6 +22,13 @@ from . import _runtime as _rt
 __all__ = ["cosine_similarity_forward", "cosine_similarity_backward", "cosine_similarity_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_dense_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -135,6 +142,140 @@ def _rows_v0_dense_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = y_true_arr[o_, j_, c_]
             d_y_pred = adj_P_tp*t + (adj_Q_p*x)*np.float32(2.0)
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_P_tp = 0.0  # float64 accumulation
+        acc_Q_p = 0.0  # float64 accumulation
+        acc_Q_t = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P_tp = np.float32(0.0)
+            p_Q_p = np.float32(0.0)
+            p_Q_t = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                v_P_tp = t*x
+                v_Q_p = (x*x)
+                v_Q_t = (t*t)
+                p_P_tp = _add(p_P_tp, v_P_tp)
+                p_Q_p = _add(p_Q_p, v_Q_p)
+                p_Q_t = _add(p_Q_t, v_Q_t)
+            acc_P_tp += np.float64(p_P_tp)
+            acc_Q_p += np.float64(p_Q_p)
+            acc_Q_t += np.float64(p_Q_t)
+        P_tp = np.float32(acc_P_tp)
+        Q_p = np.float32(acc_Q_p)
+        Q_t = np.float32(acc_Q_t)
+        _c0 = (np.float32(1.0)/math.sqrt(Q_t))
+        _c1 = P_tp/math.sqrt(Q_p)
+        _c2 = (Q_p > np.float32(9.999999999999998e-15))
+        _c3 = (Q_t > np.float32(9.999999999999998e-15))
+        l = (-(_c0*_c1) if (_c2 and _c3) else ((_c1)*np.float32(-10000000.0) if _c2 else ((P_tp*_c0)*np.float32(-10000000.0) if _c3 else (P_tp)*np.float32(-100000000000000.02))))
+        mw_ = np.float32(1.0)
+        if P_tp != P_tp or Q_p != Q_p or Q_t != Q_t:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (np.float32(1.0)/math.sqrt(Q_p))
+        _c1 = Q_t**(np.float32(-1.5))
+        _c2 = (P_tp)*np.float32(0.5)
+        _c3 = (Q_p > np.float32(9.999999999999998e-15))
+        _c4 = (Q_t > np.float32(9.999999999999998e-15))
+        _c5 = (_c3 and _c4)
+        _c6 = (P_tp)*np.float32(5000000.0)
+        _c7 = (np.float32(1.0)/math.sqrt(Q_t))
+        _c8 = Q_p**(np.float32(-1.5))
+        adj_Q_t = gr_*(_c0*_c1*_c2 if _c5 else (np.float32(0.0) if _c3 else (_c1*_c6 if _c4 else np.float32(0.0))))
+        adj_Q_p = gr_*(_c2*_c7*_c8 if _c5 else (_c6*_c8 if _c3 else np.float32(0.0)))
+        adj_P_tp = gr_*(-(_c0*_c7) if _c5 else ((_c0)*np.float32(-10000000.0) if _c3 else ((_c7)*np.float32(-10000000.0) if _c4 else np.float32(-100000000000000.02))))
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = adj_P_tp*t + (adj_Q_p*x)*np.float32(2.0)
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_P_tp = 0.0  # float64 accumulation
+        acc_Q_p = 0.0  # float64 accumulation
+        acc_Q_t = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P_tp = np.float32(0.0)
+            p_Q_p = np.float32(0.0)
+            p_Q_t = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                v_P_tp = t*x
+                v_Q_p = (x*x)
+                v_Q_t = (t*t)
+                p_P_tp = _add(p_P_tp, v_P_tp)
+                p_Q_p = _add(p_Q_p, v_Q_p)
+                p_Q_t = _add(p_Q_t, v_Q_t)
+            acc_P_tp += np.float64(p_P_tp)
+            acc_Q_p += np.float64(p_Q_p)
+            acc_Q_t += np.float64(p_Q_t)
+        P_tp = np.float32(acc_P_tp)
+        Q_p = np.float32(acc_Q_p)
+        Q_t = np.float32(acc_Q_t)
+        _c0 = (np.float32(1.0)/math.sqrt(Q_t))
+        _c1 = P_tp/math.sqrt(Q_p)
+        _c2 = (Q_p > np.float32(9.999999999999998e-15))
+        _c3 = (Q_t > np.float32(9.999999999999998e-15))
+        l = (-(_c0*_c1) if (_c2 and _c3) else ((_c1)*np.float32(-10000000.0) if _c2 else ((P_tp*_c0)*np.float32(-10000000.0) if _c3 else (P_tp)*np.float32(-100000000000000.02))))
+        mw_ = np.float32(1.0)
+        if P_tp != P_tp or Q_p != Q_p or Q_t != Q_t:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (np.float32(1.0)/math.sqrt(Q_p))
+        _c1 = Q_t**(np.float32(-1.5))
+        _c2 = (P_tp)*np.float32(0.5)
+        _c3 = (Q_p > np.float32(9.999999999999998e-15))
+        _c4 = (Q_t > np.float32(9.999999999999998e-15))
+        _c5 = (_c3 and _c4)
+        _c6 = (P_tp)*np.float32(5000000.0)
+        _c7 = (np.float32(1.0)/math.sqrt(Q_t))
+        _c8 = Q_p**(np.float32(-1.5))
+        adj_Q_t = gr_*(_c0*_c1*_c2 if _c5 else (np.float32(0.0) if _c3 else (_c1*_c6 if _c4 else np.float32(0.0))))
+        adj_Q_p = gr_*(_c2*_c7*_c8 if _c5 else (_c6*_c8 if _c3 else np.float32(0.0)))
+        adj_P_tp = gr_*(-(_c0*_c7) if _c5 else ((_c0)*np.float32(-10000000.0) if _c3 else ((_c7)*np.float32(-10000000.0) if _c4 else np.float32(-100000000000000.02))))
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = adj_P_tp*t + (adj_Q_p*x)*np.float32(2.0)
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -254,6 +395,140 @@ def _rows_v0_dense_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_P_tp = 0.0  # float64 accumulation
+        acc_Q_p = 0.0  # float64 accumulation
+        acc_Q_t = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P_tp = np.float64(0.0)
+            p_Q_p = np.float64(0.0)
+            p_Q_t = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                v_P_tp = t*x
+                v_Q_p = (x*x)
+                v_Q_t = (t*t)
+                p_P_tp = _add(p_P_tp, v_P_tp)
+                p_Q_p = _add(p_Q_p, v_Q_p)
+                p_Q_t = _add(p_Q_t, v_Q_t)
+            acc_P_tp += np.float64(p_P_tp)
+            acc_Q_p += np.float64(p_Q_p)
+            acc_Q_t += np.float64(p_Q_t)
+        P_tp = np.float64(acc_P_tp)
+        Q_p = np.float64(acc_Q_p)
+        Q_t = np.float64(acc_Q_t)
+        _c0 = (1.0/math.sqrt(Q_t))
+        _c1 = P_tp/math.sqrt(Q_p)
+        _c2 = (Q_p > 9.999999999999998e-15)
+        _c3 = (Q_t > 9.999999999999998e-15)
+        l = (-(_c0*_c1) if (_c2 and _c3) else ((_c1)*-10000000.0 if _c2 else ((P_tp*_c0)*-10000000.0 if _c3 else (P_tp)*-100000000000000.02)))
+        mw_ = 1.0
+        if P_tp != P_tp or Q_p != Q_p or Q_t != Q_t:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (1.0/math.sqrt(Q_p))
+        _c1 = Q_t**(-1.5)
+        _c2 = (P_tp)*0.5
+        _c3 = (Q_p > 9.999999999999998e-15)
+        _c4 = (Q_t > 9.999999999999998e-15)
+        _c5 = (_c3 and _c4)
+        _c6 = (P_tp)*5000000.0
+        _c7 = (1.0/math.sqrt(Q_t))
+        _c8 = Q_p**(-1.5)
+        adj_Q_t = gr_*(_c0*_c1*_c2 if _c5 else (0.0 if _c3 else (_c1*_c6 if _c4 else 0.0)))
+        adj_Q_p = gr_*(_c2*_c7*_c8 if _c5 else (_c6*_c8 if _c3 else 0.0))
+        adj_P_tp = gr_*(-(_c0*_c7) if _c5 else ((_c0)*-10000000.0 if _c3 else ((_c7)*-10000000.0 if _c4 else -100000000000000.02)))
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = adj_P_tp*t + (adj_Q_p*x)*2.0
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_P_tp = 0.0  # float64 accumulation
+        acc_Q_p = 0.0  # float64 accumulation
+        acc_Q_t = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_P_tp = np.float64(0.0)
+            p_Q_p = np.float64(0.0)
+            p_Q_t = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                v_P_tp = t*x
+                v_Q_p = (x*x)
+                v_Q_t = (t*t)
+                p_P_tp = _add(p_P_tp, v_P_tp)
+                p_Q_p = _add(p_Q_p, v_Q_p)
+                p_Q_t = _add(p_Q_t, v_Q_t)
+            acc_P_tp += np.float64(p_P_tp)
+            acc_Q_p += np.float64(p_Q_p)
+            acc_Q_t += np.float64(p_Q_t)
+        P_tp = np.float64(acc_P_tp)
+        Q_p = np.float64(acc_Q_p)
+        Q_t = np.float64(acc_Q_t)
+        _c0 = (1.0/math.sqrt(Q_t))
+        _c1 = P_tp/math.sqrt(Q_p)
+        _c2 = (Q_p > 9.999999999999998e-15)
+        _c3 = (Q_t > 9.999999999999998e-15)
+        l = (-(_c0*_c1) if (_c2 and _c3) else ((_c1)*-10000000.0 if _c2 else ((P_tp*_c0)*-10000000.0 if _c3 else (P_tp)*-100000000000000.02)))
+        mw_ = 1.0
+        if P_tp != P_tp or Q_p != Q_p or Q_t != Q_t:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (1.0/math.sqrt(Q_p))
+        _c1 = Q_t**(-1.5)
+        _c2 = (P_tp)*0.5
+        _c3 = (Q_p > 9.999999999999998e-15)
+        _c4 = (Q_t > 9.999999999999998e-15)
+        _c5 = (_c3 and _c4)
+        _c6 = (P_tp)*5000000.0
+        _c7 = (1.0/math.sqrt(Q_t))
+        _c8 = Q_p**(-1.5)
+        adj_Q_t = gr_*(_c0*_c1*_c2 if _c5 else (0.0 if _c3 else (_c1*_c6 if _c4 else 0.0)))
+        adj_Q_p = gr_*(_c2*_c7*_c8 if _c5 else (_c6*_c8 if _c3 else 0.0))
+        adj_P_tp = gr_*(-(_c0*_c7) if _c5 else ((_c0)*-10000000.0 if _c3 else ((_c7)*-10000000.0 if _c4 else -100000000000000.02)))
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = adj_P_tp*t + (adj_Q_p*x)*2.0
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 
 
 # Variant by the values of ().
@@ -262,10 +537,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -376,7 +656,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

@@ -29,6 +29,13 @@ from . import _runtime as _rt
 __all__ = ["cross_entropy_forward", "cross_entropy_backward", "cross_entropy_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_index_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -60,7 +67,8 @@ def _rows_v0_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -119,7 +127,8 @@ def _rows_v0_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -144,6 +153,170 @@ def _rows_v0_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             d_input = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_t
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_w = np.float32(0.0)
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            e_L = out_input[o_, j_]
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_index_contig_par_float32(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_t
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_w = np.float32(0.0)
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            e_L = out_input[o_, j_]
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            out_input[o_, j_] = d_input
     return total_, weight_
 
 
@@ -178,7 +351,8 @@ def _rows_v0_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -237,7 +411,8 @@ def _rows_v0_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -265,6 +440,170 @@ def _rows_v0_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_t
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_w = 0.0
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            e_L = out_input[o_, j_]
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_index_contig_par_float64(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_t
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_w = 0.0
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            e_L = out_input[o_, j_]
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -289,7 +628,8 @@ def _rows_v0_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         for j_ in range(n_):
@@ -346,7 +686,8 @@ def _rows_v0_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         for j_ in range(n_):
@@ -379,6 +720,178 @@ def _rows_v0_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float32(0.0)
+            p_dsum_A_t_L = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = t*w
+                v_A_t = _c0*(L - (x))
+                v_dsum_A_t_L = _c0
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+        A_t = np.float32(acc_A_t)
+        dsum_A_t_L = np.float32(acc_dsum_A_t_L)
+        l = A_t
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float32(0.0)
+            p_dsum_A_t_L = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = t*w
+                v_A_t = _c0*(L - (x))
+                v_dsum_A_t_L = _c0
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+        A_t = np.float32(acc_A_t)
+        dsum_A_t_L = np.float32(acc_dsum_A_t_L)
+        l = A_t
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -403,7 +916,8 @@ def _rows_v0_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         for j_ in range(n_):
@@ -460,7 +974,8 @@ def _rows_v0_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         for j_ in range(n_):
@@ -490,6 +1005,178 @@ def _rows_v0_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             d_input = -(adj_A_t*t*w) + adj_L*_fn.exp_f64(-(L) + x)
             out_input[o_, j_, c_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float64(0.0)
+            p_dsum_A_t_L = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = t*w
+                v_A_t = _c0*(L - (x))
+                v_dsum_A_t_L = _c0
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+        A_t = np.float64(acc_A_t)
+        dsum_A_t_L = np.float64(acc_dsum_A_t_L)
+        l = A_t
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float64(0.0)
+            p_dsum_A_t_L = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = t*w
+                v_A_t = _c0*(L - (x))
+                v_dsum_A_t_L = _c0
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+        A_t = np.float64(acc_A_t)
+        dsum_A_t_L = np.float64(acc_dsum_A_t_L)
+        l = A_t
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_t = gr_
+        adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
     return total_, weight_
 
 
@@ -524,7 +1211,8 @@ def _rows_v1_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -596,7 +1284,8 @@ def _rows_v1_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -637,6 +1326,208 @@ def _rows_v1_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_s = np.float32(0.0)
+            p_dsum_A_s_L = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                v_A_s = w*(L - (x))
+                v_dsum_A_s_L = w
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_s = np.float32(acc_A_s)
+        dsum_A_s_L = np.float32(acc_dsum_A_s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_w = np.float32(0.0)
+        adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_index_contig_par_float32(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_s = np.float32(0.0)
+            p_dsum_A_s_L = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                v_A_s = w*(L - (x))
+                v_dsum_A_s_L = w
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_s = np.float32(acc_A_s)
+        dsum_A_s_L = np.float32(acc_dsum_A_s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_w = np.float32(0.0)
+        adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_index_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -668,7 +1559,8 @@ def _rows_v1_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -740,7 +1632,8 @@ def _rows_v1_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -781,6 +1674,208 @@ def _rows_v1_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_s = np.float64(0.0)
+            p_dsum_A_s_L = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = 1.0 if j_ == tgt_ else 0.0
+                v_A_s = w*(L - (x))
+                v_dsum_A_s_L = w
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_s = np.float64(acc_A_s)
+        dsum_A_s_L = np.float64(acc_dsum_A_s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_w = 0.0
+        adj_A_t = -(gr_*(label_smoothing - 1.0))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_index_contig_par_float64(input_arr, weight_arr, label_smoothing, target_arr, ignore_index, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        if tgt_ == ignore_index:
+            losses[o_, c_] = 0.0
+            if want_grad:
+                for j_ in range(n_):
+                    out_input[o_, j_] = 0.0
+            continue
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_w = w
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_s = np.float64(0.0)
+            p_dsum_A_s_L = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = 1.0 if j_ == tgt_ else 0.0
+                v_A_s = w*(L - (x))
+                v_dsum_A_s_L = w
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_s = np.float64(acc_A_s)
+        dsum_A_s_L = np.float64(acc_dsum_A_s_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        A_t = w*(L - (x))
+        dsum_A_t_L = w
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
+        mw_ = A_w
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_w = 0.0
+        adj_A_t = -(gr_*(label_smoothing - 1.0))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -805,7 +1900,8 @@ def _rows_v1_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         acc_A_s = 0.0  # float64 accumulation
@@ -872,7 +1968,8 @@ def _rows_v1_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         acc_A_s = 0.0  # float64 accumulation
@@ -915,6 +2012,206 @@ def _rows_v1_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float32(0.0)
+            p_dsum_A_t_L = np.float32(0.0)
+            p_A_s = np.float32(0.0)
+            p_dsum_A_s_L = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = L - (x)
+                _c1 = t*w
+                v_A_t = _c0*_c1
+                v_dsum_A_t_L = _c1
+                v_A_s = _c0*w
+                v_dsum_A_s_L = w
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_t = np.float32(acc_A_t)
+        dsum_A_t_L = np.float32(acc_dsum_A_t_L)
+        A_s = np.float32(acc_A_s)
+        dsum_A_s_L = np.float32(acc_dsum_A_s_L)
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float32(0.0)
+            p_dsum_A_t_L = np.float32(0.0)
+            p_A_s = np.float32(0.0)
+            p_dsum_A_s_L = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = L - (x)
+                _c1 = t*w
+                v_A_t = _c0*_c1
+                v_dsum_A_t_L = _c1
+                v_A_s = _c0*w
+                v_dsum_A_s_L = w
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_t = np.float32(acc_A_t)
+        dsum_A_t_L = np.float32(acc_dsum_A_t_L)
+        A_s = np.float32(acc_A_s)
+        dsum_A_s_L = np.float32(acc_dsum_A_s_L)
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -939,7 +2236,8 @@ def _rows_v1_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         acc_A_s = 0.0  # float64 accumulation
@@ -1006,7 +2304,8 @@ def _rows_v1_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             t = target_arr[o_, j_, c_]
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         acc_A_t = 0.0  # float64 accumulation
         acc_dsum_A_t_L = 0.0
         acc_A_s = 0.0  # float64 accumulation
@@ -1049,6 +2348,206 @@ def _rows_v1_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float64(0.0)
+            p_dsum_A_t_L = np.float64(0.0)
+            p_A_s = np.float64(0.0)
+            p_dsum_A_s_L = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = L - (x)
+                _c1 = t*w
+                v_A_t = _c0*_c1
+                v_dsum_A_t_L = _c1
+                v_A_s = _c0*w
+                v_dsum_A_s_L = w
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_t = np.float64(acc_A_t)
+        dsum_A_t_L = np.float64(acc_dsum_A_t_L)
+        A_s = np.float64(acc_A_s)
+        dsum_A_s_L = np.float64(acc_dsum_A_s_L)
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_t = -(gr_*(label_smoothing - 1.0))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_input[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = input_arr[o_, np.uint64(j_)]
+                    w = weight_arr[np.uint64(j_)]
+                    t = target_arr[o_, np.uint64(j_)]
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        acc_A_t = 0.0  # float64 accumulation
+        acc_dsum_A_t_L = 0.0
+        acc_A_s = 0.0  # float64 accumulation
+        acc_dsum_A_s_L = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_A_t = np.float64(0.0)
+            p_dsum_A_t_L = np.float64(0.0)
+            p_A_s = np.float64(0.0)
+            p_dsum_A_s_L = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = target_arr[o_, np.uint64(j_)]
+                _c0 = L - (x)
+                _c1 = t*w
+                v_A_t = _c0*_c1
+                v_dsum_A_t_L = _c1
+                v_A_s = _c0*w
+                v_dsum_A_s_L = w
+                p_A_t = _add(p_A_t, v_A_t)
+                p_dsum_A_t_L = _add(p_dsum_A_t_L, v_dsum_A_t_L)
+                p_A_s = _add(p_A_s, v_A_s)
+                p_dsum_A_s_L = _add(p_dsum_A_s_L, v_dsum_A_s_L)
+            acc_A_t += np.float64(p_A_t)
+            acc_dsum_A_t_L += np.float64(p_dsum_A_t_L)
+            acc_A_s += np.float64(p_A_s)
+            acc_dsum_A_s_L += np.float64(p_dsum_A_s_L)
+        A_t = np.float64(acc_A_t)
+        dsum_A_t_L = np.float64(acc_dsum_A_t_L)
+        A_s = np.float64(acc_A_s)
+        dsum_A_s_L = np.float64(acc_dsum_A_s_L)
+        l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_s = gr_*label_smoothing/C
+        adj_A_t = -(gr_*(label_smoothing - 1.0))
+        adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = target_arr[o_, np.uint64(j_)]
+            e_L = out_input[o_, j_]
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 
 
 # Variant by the values of (label_smoothing_is_zero).
@@ -1058,10 +2557,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -1183,7 +2687,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['input']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

@@ -20,6 +20,13 @@ from . import _runtime as _rt
 __all__ = ["log_cosh_forward", "log_cosh_backward", "log_cosh_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_dense_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -85,6 +92,84 @@ def _rows_v0_dense_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = y_true_arr[o_, j_, c_]
             d_y_pred = -(adj_S*((_fn.sigmoid_f32((t - (x))*np.float32(2.0)))*np.float32(2.0) + np.float32(-1.0)))
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = t - (x)
+                v_S = -(_c0) + _fn.softplus_f32((_c0)*np.float32(2.0)) - (_fn.log_f32(np.float32(2.0)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = -(adj_S*((_fn.sigmoid_f32((t - (x))*np.float32(2.0)))*np.float32(2.0) + np.float32(-1.0)))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = t - (x)
+                v_S = -(_c0) + _fn.softplus_f32((_c0)*np.float32(2.0)) - (_fn.log_f32(np.float32(2.0)))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float32(acc_S)
+        l = S/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = -(adj_S*((_fn.sigmoid_f32((t - (x))*np.float32(2.0)))*np.float32(2.0) + np.float32(-1.0)))
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -156,6 +241,84 @@ def _rows_v0_dense_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_dense_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = t - (x)
+                v_S = -(_c0) + _fn.softplus_f64((_c0)*2.0) - (_fn.log_f64(2.0))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = -(adj_S*((_fn.sigmoid_f64((t - (x))*2.0))*2.0 - 1.0))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_dense_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_S = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = y_true_arr[o_, np.uint64(j_)]
+                _c0 = t - (x)
+                v_S = -(_c0) + _fn.softplus_f64((_c0)*2.0) - (_fn.log_f64(2.0))
+                p_S = _add(p_S, v_S)
+            acc_S += np.float64(p_S)
+        S = np.float64(acc_S)
+        l = S/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_S = gr_/C
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = y_true_arr[o_, np.uint64(j_)]
+            d_y_pred = -(adj_S*((_fn.sigmoid_f64((t - (x))*2.0))*2.0 - 1.0))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 
 
 # Variant by the values of ().
@@ -164,10 +327,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -278,7 +446,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

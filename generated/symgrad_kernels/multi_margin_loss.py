@@ -23,6 +23,13 @@ from . import _runtime as _rt
 __all__ = ["multi_margin_loss_forward", "multi_margin_loss_backward", "multi_margin_loss_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_index_ser_float32(input_arr, weight_arr, p, margin, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
     outer_, n_, inner_ = shape
@@ -122,6 +129,122 @@ def _rows_v0_index_par_float32(input_arr, weight_arr, p, margin, target_arr, gs,
             _c0 = margin + x - (x_y)
             d_input = adj_H*(-(_c0**(p + np.float32(-1.0))*p*(t + np.float32(-1.0))) if (_c0 > np.float32(0.0)) else np.float32(0.0)) + (adj_x_y if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_index_contig_ser_float32(input_arr, weight_arr, p, margin, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        C = np.float32(n_)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        x_y = x
+        w_y = w
+        acc_H = 0.0  # float64 accumulation
+        acc_dsum_H_x_y = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_H = np.float32(0.0)
+            p_dsum_H_x_y = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                _c0 = margin + x - (x_y)
+                _c1 = _c0**p*(t + np.float32(-1.0))
+                _c2 = (_c0 > np.float32(0.0))
+                v_H = (-(_c1) if _c2 else np.float32(0.0))
+                v_dsum_H_x_y = (_c1*p/_c0 if _c2 else np.float32(0.0))
+                p_H = _add(p_H, v_H)
+                p_dsum_H_x_y = _add(p_dsum_H_x_y, v_dsum_H_x_y)
+            acc_H += np.float64(p_H)
+            acc_dsum_H_x_y += np.float64(p_dsum_H_x_y)
+        H = np.float32(acc_H)
+        dsum_H_x_y = np.float32(acc_dsum_H_x_y)
+        l = H*w_y/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = gr_/C
+        adj_H = _c0*w_y
+        adj_w_y = H*_c0
+        adj_x_y = adj_H*dsum_H_x_y
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            _c0 = margin + x - (x_y)
+            d_input = adj_H*(-(_c0**(p + np.float32(-1.0))*p*(t + np.float32(-1.0))) if (_c0 > np.float32(0.0)) else np.float32(0.0)) + (adj_x_y if (j_ == tgt_) else np.float32(0.0))
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_index_contig_par_float32(input_arr, weight_arr, p, margin, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        C = np.float32(n_)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        x_y = x
+        w_y = w
+        acc_H = 0.0  # float64 accumulation
+        acc_dsum_H_x_y = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_H = np.float32(0.0)
+            p_dsum_H_x_y = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                _c0 = margin + x - (x_y)
+                _c1 = _c0**p*(t + np.float32(-1.0))
+                _c2 = (_c0 > np.float32(0.0))
+                v_H = (-(_c1) if _c2 else np.float32(0.0))
+                v_dsum_H_x_y = (_c1*p/_c0 if _c2 else np.float32(0.0))
+                p_H = _add(p_H, v_H)
+                p_dsum_H_x_y = _add(p_dsum_H_x_y, v_dsum_H_x_y)
+            acc_H += np.float64(p_H)
+            acc_dsum_H_x_y += np.float64(p_dsum_H_x_y)
+        H = np.float32(acc_H)
+        dsum_H_x_y = np.float32(acc_dsum_H_x_y)
+        l = H*w_y/C
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = gr_/C
+        adj_H = _c0*w_y
+        adj_w_y = H*_c0
+        adj_x_y = adj_H*dsum_H_x_y
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            _c0 = margin + x - (x_y)
+            d_input = adj_H*(-(_c0**(p + np.float32(-1.0))*p*(t + np.float32(-1.0))) if (_c0 > np.float32(0.0)) else np.float32(0.0)) + (adj_x_y if (j_ == tgt_) else np.float32(0.0))
+            out_input[o_, j_] = d_input
     return total_, weight_
 
 
@@ -227,6 +350,122 @@ def _rows_v0_index_par_float64(input_arr, weight_arr, p, margin, target_arr, gs,
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_index_contig_ser_float64(input_arr, weight_arr, p, margin, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        C = np.float64(n_)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        x_y = x
+        w_y = w
+        acc_H = 0.0  # float64 accumulation
+        acc_dsum_H_x_y = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_H = np.float64(0.0)
+            p_dsum_H_x_y = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = 1.0 if j_ == tgt_ else 0.0
+                _c0 = margin + x - (x_y)
+                _c1 = _c0**p*(t - 1.0)
+                _c2 = (_c0 > 0.0)
+                v_H = (-(_c1) if _c2 else 0.0)
+                v_dsum_H_x_y = (_c1*p/_c0 if _c2 else 0.0)
+                p_H = _add(p_H, v_H)
+                p_dsum_H_x_y = _add(p_dsum_H_x_y, v_dsum_H_x_y)
+            acc_H += np.float64(p_H)
+            acc_dsum_H_x_y += np.float64(p_dsum_H_x_y)
+        H = np.float64(acc_H)
+        dsum_H_x_y = np.float64(acc_dsum_H_x_y)
+        l = H*w_y/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = gr_/C
+        adj_H = _c0*w_y
+        adj_w_y = H*_c0
+        adj_x_y = adj_H*dsum_H_x_y
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            _c0 = margin + x - (x_y)
+            d_input = adj_H*(-(_c0**(p - 1.0)*p*(t - 1.0)) if (_c0 > 0.0) else 0.0) + (adj_x_y if (j_ == tgt_) else 0.0)
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_index_contig_par_float64(input_arr, weight_arr, p, margin, target_arr, gs, g_stride, want_grad, losses, out_input, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = target_arr[o_, c_]
+        C = np.float64(n_)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        x_y = x
+        w_y = w
+        acc_H = 0.0  # float64 accumulation
+        acc_dsum_H_x_y = 0.0
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_H = np.float64(0.0)
+            p_dsum_H_x_y = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = input_arr[o_, np.uint64(j_)]
+                w = weight_arr[np.uint64(j_)]
+                t = 1.0 if j_ == tgt_ else 0.0
+                _c0 = margin + x - (x_y)
+                _c1 = _c0**p*(t - 1.0)
+                _c2 = (_c0 > 0.0)
+                v_H = (-(_c1) if _c2 else 0.0)
+                v_dsum_H_x_y = (_c1*p/_c0 if _c2 else 0.0)
+                p_H = _add(p_H, v_H)
+                p_dsum_H_x_y = _add(p_dsum_H_x_y, v_dsum_H_x_y)
+            acc_H += np.float64(p_H)
+            acc_dsum_H_x_y += np.float64(p_dsum_H_x_y)
+        H = np.float64(acc_H)
+        dsum_H_x_y = np.float64(acc_dsum_H_x_y)
+        l = H*w_y/C
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = gr_/C
+        adj_H = _c0*w_y
+        adj_w_y = H*_c0
+        adj_x_y = adj_H*dsum_H_x_y
+        for j_ in range(n_):
+            x = input_arr[o_, np.uint64(j_)]
+            w = weight_arr[np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            _c0 = margin + x - (x_y)
+            d_input = adj_H*(-(_c0**(p - 1.0)*p*(t - 1.0)) if (_c0 > 0.0) else 0.0) + (adj_x_y if (j_ == tgt_) else 0.0)
+            out_input[o_, j_] = d_input
+    return total_, weight_
+
+
 
 
 # Variant by the values of ().
@@ -235,10 +474,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -351,7 +595,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['input']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

@@ -17,9 +17,17 @@ from . import _functions as _fn
 from . import _runtime as _rt
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row's float64 sum over vector lanes."""
+    return acc + value
+
+
+@njit(error_model="numpy", forceinline=True)
 def _row_sum(values, n):
-    """Sum in float64 with 4 accumulators (breaks the add latency chain)."""
+    """Sum in float64 with 4 accumulators (breaks the add latency chain; as fast as a
+    vectorized sum here, and it leaves the exp loop apart at the dtype's full vector width)."""
     a0 = a1 = a2 = a3 = 0.0
     j = 0
     while j + 4 <= n:
@@ -32,6 +40,22 @@ def _row_sum(values, n):
         a0 += values[j]
         j += 1
     return (a0 + a1) + (a2 + a3)
+
+
+@njit(error_model="numpy", forceinline=True)
+def _exp_sums(values):
+    """For e_j = exp(x_j - max) in (0, 1]: (Σ e_j over e_j < 1, the number of e_j equal to 1).
+
+    Kept apart, the terms below 1 are not lost against the max's 1 (in a running float64 sum,
+    one dominant entry absorbs every term under half its ulp), and Σ e_j - 1, which log_softmax
+    takes log1p of, is their sum plus (count - 1) without cancellation.
+    """
+    below = 0.0
+    ones = 0.0
+    for v in values:
+        below = _add(below, np.float64(v) if v < 1 else 0.0)
+        ones = _add(ones, 0.0 if v < 1 else np.float64(v))
+    return below, ones
 
 __all__ = ["softmax_forward", "softmax_backward", "softmax_forward_backward"]
 
@@ -61,14 +85,28 @@ def _forward_ser_float32(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float32(acc)
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = np.float32(1.0) * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f32(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float32(total)
         for j in range(n):
             e = row[j]
-            row[j] = e/s
+            y = e/s
+            row[j] = y
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_par_float32(xs, out):
@@ -92,14 +130,28 @@ def _forward_par_float32(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float32(acc)
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = np.float32(1.0) * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f32(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float32(total)
         for j in range(n):
             e = row[j]
-            row[j] = e/s
+            y = e/s
+            row[j] = y
 
 
 @njit(cache=True, error_model="numpy")
@@ -109,10 +161,11 @@ def _backward_ser_float32(ys, gs, grad):
         yr = ys[r]
         gr = gs[r]
         gx = grad[r]
+        acc = 0.0
         for j in range(n):
             y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float32(_row_sum(gx, n))
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float32(acc)
         for j in range(n):
             y = yr[j]
             g = gr[j]
@@ -125,10 +178,11 @@ def _backward_par_float32(ys, gs, grad):
         yr = ys[r]
         gr = gs[r]
         gx = grad[r]
+        acc = 0.0
         for j in range(n):
             y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float32(_row_sum(gx, n))
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float32(acc)
         for j in range(n):
             y = yr[j]
             g = gr[j]
@@ -157,24 +211,39 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float32(acc)
-        for j in range(n):
-            e = row[j]
-            row[j] = e/s
-        ys = out
-        yr = ys[r]
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = np.float32(1.0) * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f32(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float32(total)
         gr = gs[r]
         gx = grad[r]
         for j in range(n):
-            y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float32(_row_sum(gx, n))
+            e = row[j]
+            y = e/s
+            row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
-            y = yr[j]
+            y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float32(acc)
+        for j in range(n):
+            y = row[j]
             g = gr[j]
             gx[j] = y*(a + g)
 
@@ -200,24 +269,39 @@ def _forward_backward_par_float32(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f32(np.float32(1.0) * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float32(acc)
-        for j in range(n):
-            e = row[j]
-            row[j] = e/s
-        ys = out
-        yr = ys[r]
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = np.float32(1.0) * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f32(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float32(total)
         gr = gs[r]
         gx = grad[r]
         for j in range(n):
-            y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float32(_row_sum(gx, n))
+            e = row[j]
+            y = e/s
+            row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
-            y = yr[j]
+            y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float32(acc)
+        for j in range(n):
+            y = row[j]
             g = gr[j]
             gx[j] = y*(a + g)
 
@@ -247,14 +331,28 @@ def _forward_ser_float64(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f64(1.0 * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float64(acc)
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = 1.0 * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f64(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float64(total)
         for j in range(n):
             e = row[j]
-            row[j] = e/s
+            y = e/s
+            row[j] = y
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_par_float64(xs, out):
@@ -278,14 +376,28 @@ def _forward_par_float64(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f64(1.0 * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float64(acc)
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = 1.0 * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f64(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float64(total)
         for j in range(n):
             e = row[j]
-            row[j] = e/s
+            y = e/s
+            row[j] = y
 
 
 @njit(cache=True, error_model="numpy")
@@ -295,10 +407,11 @@ def _backward_ser_float64(ys, gs, grad):
         yr = ys[r]
         gr = gs[r]
         gx = grad[r]
+        acc = 0.0
         for j in range(n):
             y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float64(_row_sum(gx, n))
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float64(acc)
         for j in range(n):
             y = yr[j]
             g = gr[j]
@@ -311,10 +424,11 @@ def _backward_par_float64(ys, gs, grad):
         yr = ys[r]
         gr = gs[r]
         gx = grad[r]
+        acc = 0.0
         for j in range(n):
             y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float64(_row_sum(gx, n))
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float64(acc)
         for j in range(n):
             y = yr[j]
             g = gr[j]
@@ -343,24 +457,39 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f64(1.0 * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float64(acc)
-        for j in range(n):
-            e = row[j]
-            row[j] = e/s
-        ys = out
-        yr = ys[r]
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = 1.0 * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f64(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float64(total)
         gr = gs[r]
         gx = grad[r]
         for j in range(n):
-            y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float64(_row_sum(gx, n))
+            e = row[j]
+            y = e/s
+            row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
-            y = yr[j]
+            y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float64(acc)
+        for j in range(n):
+            y = row[j]
             g = gr[j]
             gx[j] = y*(a + g)
 
@@ -386,24 +515,39 @@ def _forward_backward_par_float64(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        # exp in a loop of its own: no reduction in it, so it vectorizes.
         for j in range(n):
-            row[j] = _fn.exp_f64(1.0 * x[j] - m)
-        acc = _row_sum(row, n)
-        s = np.float64(acc)
-        for j in range(n):
-            e = row[j]
-            row[j] = e/s
-        ys = out
-        yr = ys[r]
+            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
+            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
+            v = 1.0 * x[j]
+            d = v - m
+            vd = d - v
+            err = (v - (d - vd)) + (-m - vd)
+            p = _fn.exp_f64(d)
+            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        total = _row_sum(row, n)
+        rest = total - 1.0
+        if total < 2.0:
+            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
+            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+            below, ones = _exp_sums(row)
+            total = ones + below
+            rest = below + (ones - 1.0)
+        s = np.float64(total)
         gr = gs[r]
         gx = grad[r]
         for j in range(n):
-            y = yr[j]
-            gx[j] = gr[j] * (-(y))
-        a = np.float64(_row_sum(gx, n))
+            e = row[j]
+            y = e/s
+            row[j] = y
+        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
+        # halve its vector width.
+        acc = 0.0
         for j in range(n):
-            y = yr[j]
+            y = row[j]
+            acc = _add(acc, np.float64(gr[j] * (-(y))))
+        a = np.float64(acc)
+        for j in range(n):
+            y = row[j]
             g = gr[j]
             gx[j] = y*(a + g)
 

@@ -27,6 +27,13 @@ from . import _runtime as _rt
 __all__ = ["sparse_categorical_crossentropy_forward", "sparse_categorical_crossentropy_backward", "sparse_categorical_crossentropy_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_index_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -50,7 +57,8 @@ def _rows_v0_index_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
         A_ce = L - (x)
         dsum_A_ce_L = np.float32(1.0)
@@ -95,7 +103,8 @@ def _rows_v0_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             v_L = _fn.exp_f32(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float32(acc_L))
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
         A_ce = L - (x)
         dsum_A_ce_L = np.float32(1.0)
@@ -114,6 +123,140 @@ def _rows_v0_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             d_y_pred = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_index_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_y_pred[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = L - (x)
+        dsum_A_ce_L = np.float32(1.0)
+        l = A_ce
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            e_L = out_y_pred[o_, j_]
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_index_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float32(n_)
+        k_L = np.int32(-2**31)
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            v_L = x
+            q_ = np.float32(v_L).view(np.int32)
+            i_ = np.int32(q_ ^ ((q_ >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int32(k_L ^ ((k_L >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    out_y_pred[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float32(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                    v_L = _fn.exp_f32(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float32(acc_L)
+        L = m_L + math.log(s_L)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = L - (x)
+        dsum_A_ce_L = np.float32(1.0)
+        l = A_ce
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            e_L = out_y_pred[o_, j_]
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -140,7 +283,8 @@ def _rows_v0_index_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
         A_ce = L - (x)
         dsum_A_ce_L = 1.0
@@ -185,7 +329,8 @@ def _rows_v0_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = 1.0 if j_ == tgt_ else 0.0
             v_L = _fn.exp_f64(-(m_L) + x)
             acc_L += v_L
-        L = m_L + math.log(np.float64(acc_L))
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
         A_ce = L - (x)
         dsum_A_ce_L = 1.0
@@ -204,6 +349,140 @@ def _rows_v0_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
             t = 1.0 if j_ == tgt_ else 0.0
             d_y_pred = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
             out_y_pred[o_, j_, c_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_index_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_y_pred[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = L - (x)
+        dsum_A_ce_L = 1.0
+        l = A_ce
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            e_L = out_y_pred[o_, j_]
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_index_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float64(n_)
+        k_L = np.int64(-2**63)
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            v_L = x
+            q_ = np.float64(v_L).view(np.int64)
+            i_ = np.int64(q_ ^ ((q_ >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF)))
+            k_L = max(k_L, i_)
+        m_L = np.int64(k_L ^ ((k_L >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+        acc_L = 0.0  # float64 accumulation
+        if want_grad:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    out_y_pred[o_, np.uint64(j_)] = v_L
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        else:
+            for b_ in range(0, n_, 256):
+                h_ = min(b_ + 256, n_)
+                p_L = np.float64(0.0)
+                for j_ in range(b_, h_):
+                    x = y_pred_arr[o_, np.uint64(j_)]
+                    t = 1.0 if j_ == tgt_ else 0.0
+                    v_L = _fn.exp_f64(-(m_L) + x)
+                    p_L = _add(p_L, v_L)
+                acc_L += np.float64(p_L)
+        s_L = np.float64(acc_L)
+        L = m_L + math.log(s_L)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = L - (x)
+        dsum_A_ce_L = 1.0
+        l = A_ce
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            e_L = out_y_pred[o_, j_]
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
 
@@ -293,6 +572,102 @@ def _rows_v1_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_index_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float32(n_)
+        acc_S_pred = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S_pred = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                v_S_pred = x
+                p_S_pred = _add(p_S_pred, v_S_pred)
+            acc_S_pred += np.float64(p_S_pred)
+        S_pred = np.float32(acc_S_pred)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        _c0 = (np.float32(1.0)/(S_pred))
+        _c1 = _c0*x
+        _c2 = (_c1 < np.float32(1e-07))
+        _c3 = (_c1 > np.float32(0.9999999))
+        A_ce = (np.float32(16.11809565095832) if _c2 else (np.float32(1.0000000500000033e-07) if _c3 else -(_fn.log_f32(_c1))))
+        dsum_A_ce_S_pred = (np.float32(0.0) if (_c2 or _c3) else _c0)
+        l = A_ce
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_S_pred = adj_A_ce*dsum_A_ce_S_pred
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            _c0 = x/S_pred
+            d_y_pred = adj_S_pred + (adj_A_ce*(np.float32(0.0) if ((_c0 > np.float32(0.9999999)) or (_c0 < np.float32(1e-07))) else -((np.float32(1.0)/(x)))) if (j_ == tgt_) else np.float32(0.0))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_index_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float32(n_)
+        acc_S_pred = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S_pred = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+                v_S_pred = x
+                p_S_pred = _add(p_S_pred, v_S_pred)
+            acc_S_pred += np.float64(p_S_pred)
+        S_pred = np.float32(acc_S_pred)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        _c0 = (np.float32(1.0)/(S_pred))
+        _c1 = _c0*x
+        _c2 = (_c1 < np.float32(1e-07))
+        _c3 = (_c1 > np.float32(0.9999999))
+        A_ce = (np.float32(16.11809565095832) if _c2 else (np.float32(1.0000000500000033e-07) if _c3 else -(_fn.log_f32(_c1))))
+        dsum_A_ce_S_pred = (np.float32(0.0) if (_c2 or _c3) else _c0)
+        l = A_ce
+        mw_ = np.float32(1.0)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_S_pred = adj_A_ce*dsum_A_ce_S_pred
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
+            _c0 = x/S_pred
+            d_y_pred = adj_S_pred + (adj_A_ce*(np.float32(0.0) if ((_c0 > np.float32(0.9999999)) or (_c0 < np.float32(1e-07))) else -((np.float32(1.0)/(x)))) if (j_ == tgt_) else np.float32(0.0))
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_index_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
     outer_, n_, inner_ = shape
@@ -379,6 +754,102 @@ def _rows_v1_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_index_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float64(n_)
+        acc_S_pred = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S_pred = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = 1.0 if j_ == tgt_ else 0.0
+                v_S_pred = x
+                p_S_pred = _add(p_S_pred, v_S_pred)
+            acc_S_pred += np.float64(p_S_pred)
+        S_pred = np.float64(acc_S_pred)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        _c0 = (1.0/(S_pred))
+        _c1 = _c0*x
+        _c2 = (_c1 < 1e-07)
+        _c3 = (_c1 > 0.9999999)
+        A_ce = (16.11809565095832 if _c2 else (1.0000000500000033e-07 if _c3 else -(_fn.log_f64(_c1))))
+        dsum_A_ce_S_pred = (0.0 if (_c2 or _c3) else _c0)
+        l = A_ce
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_S_pred = adj_A_ce*dsum_A_ce_S_pred
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            _c0 = x/S_pred
+            d_y_pred = adj_S_pred + (adj_A_ce*(0.0 if ((_c0 > 0.9999999) or (_c0 < 1e-07)) else -((1.0/(x)))) if (j_ == tgt_) else 0.0)
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_index_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, losses, out_y_pred, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        tgt_ = y_true_arr[o_, c_]
+        C = np.float64(n_)
+        acc_S_pred = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_S_pred = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = y_pred_arr[o_, np.uint64(j_)]
+                t = 1.0 if j_ == tgt_ else 0.0
+                v_S_pred = x
+                p_S_pred = _add(p_S_pred, v_S_pred)
+            acc_S_pred += np.float64(p_S_pred)
+        S_pred = np.float64(acc_S_pred)
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        _c0 = (1.0/(S_pred))
+        _c1 = _c0*x
+        _c2 = (_c1 < 1e-07)
+        _c3 = (_c1 > 0.9999999)
+        A_ce = (16.11809565095832 if _c2 else (1.0000000500000033e-07 if _c3 else -(_fn.log_f64(_c1))))
+        dsum_A_ce_S_pred = (0.0 if (_c2 or _c3) else _c0)
+        l = A_ce
+        mw_ = 1.0
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        adj_A_ce = gr_
+        adj_S_pred = adj_A_ce*dsum_A_ce_S_pred
+        for j_ in range(n_):
+            x = y_pred_arr[o_, np.uint64(j_)]
+            t = 1.0 if j_ == tgt_ else 0.0
+            _c0 = x/S_pred
+            d_y_pred = adj_S_pred + (adj_A_ce*(0.0 if ((_c0 > 0.9999999) or (_c0 < 1e-07)) else -((1.0/(x)))) if (j_ == tgt_) else 0.0)
+            out_y_pred[o_, j_] = d_y_pred
+    return total_, weight_
+
+
 
 
 # Variant by the values of (from_logits).
@@ -388,10 +859,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -501,7 +977,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

@@ -27,6 +27,13 @@ from . import _runtime as _rt
 __all__ = ["triplet_margin_loss_forward", "triplet_margin_loss_backward", "triplet_margin_loss_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _add(acc, value):
+    """acc + value with reassociation allowed and no other fast-math assumption (nan and inf
+    propagate as usual): LLVM may then split a row block's sum over vector lanes."""
+    return acc + value
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v0_none_ser_float32(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
     outer_, n_, inner_ = shape
@@ -196,6 +203,196 @@ def _rows_v0_none_par_float32(anchor_arr, positive_arr, negative_arr, margin, p,
             out_anchor[o_, j_, c_] = d_anchor
             out_positive[o_, j_, c_] = d_positive
             out_negative[o_, j_, c_] = d_negative
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_none_contig_ser_float32(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        acc_D_pn = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float32(0.0)
+            p_D_an = np.float32(0.0)
+            p_D_pn = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                _c1 = -(x3)
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 + _c1)**p
+                v_D_pn = abs(_c1 + eps + x2)**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+                p_D_pn = _add(p_D_pn, v_D_pn)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+            acc_D_pn += np.float64(p_D_pn)
+        D_ap = np.float32(acc_D_ap)
+        D_an = np.float32(acc_D_an)
+        D_pn = np.float32(acc_D_pn)
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = _c2 + margin
+        _c4 = -(_c1) + _c3
+        _c5 = D_pn**_c0
+        _c6 = (_c1 < _c5)
+        _c7 = (_c1 == _c5)
+        _c8 = _c3 - (_c5)
+        l = (_c4 if (_c6 and (_c4 >= np.float32(0.0))) else (np.float32(0.0) if _c6 else ((_c1)*np.float32(-0.5) + _c2 + (_c5)*np.float32(-0.5) + margin if (_c7 and (_c1 + (_c2)*np.float32(-2.0) + _c5 + (margin)*np.float32(-2.0) <= np.float32(0.0))) else (np.float32(0.0) if _c7 else (_c8 if (_c8 >= np.float32(0.0)) else np.float32(0.0))))))
+        mw_ = np.float32(1.0)
+        if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = D_an**_c0
+        _c2 = D_pn**_c0
+        _c3 = (_c1 < _c2)
+        _c4 = D_ap**_c0
+        _c5 = _c4 + margin
+        _c6 = (-(_c1) + _c5 >= np.float32(0.0))
+        _c7 = _c0*_c2/D_pn
+        _c8 = (_c1 == _c2)
+        _c9 = (_c8 and (_c1 + _c2 + (_c4)*np.float32(-2.0) + (margin)*np.float32(-2.0) <= np.float32(0.0)))
+        _c10 = (-(_c2) + _c5 >= np.float32(0.0))
+        _c11 = _c0*_c1/D_an
+        _c12 = (_c3 and _c6)
+        _c13 = _c0*_c4/D_ap
+        adj_D_pn = gr_*(np.float32(0.0) if (_c3 and (_c3 or _c6)) else ((_c7)*np.float32(-0.5) if _c9 else (np.float32(0.0) if _c8 else (-(_c7) if _c10 else np.float32(0.0)))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (np.float32(0.0) if _c3 else ((_c11)*np.float32(-0.5) if _c9 else np.float32(0.0))))
+        adj_D_ap = gr_*(_c13 if _c12 else (np.float32(0.0) if _c3 else (_c13 if _c9 else (np.float32(0.0) if _c8 else (_c13 if _c10 else np.float32(0.0))))))
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = -(x3)
+            _c1 = eps + x
+            _c2 = _c0 + _c1
+            _c3 = p + np.float32(-1.0)
+            _c4 = adj_D_an*abs(_c2)**_c3*(np.float32(1.0) if _c2 > 0 else (np.float32(-1.0) if _c2 < 0 else _c2*np.float32(0.0)))
+            _c5 = _c1 - (x2)
+            _c6 = adj_D_ap*abs(_c5)**_c3*(np.float32(1.0) if _c5 > 0 else (np.float32(-1.0) if _c5 < 0 else _c5*np.float32(0.0)))
+            _c7 = _c0 + eps + x2
+            _c8 = (np.float32(1.0) if _c7 > 0 else (np.float32(-1.0) if _c7 < 0 else _c7*np.float32(0.0)))
+            _c9 = abs(_c7)**_c3
+            d_anchor = p*(_c4 + _c6)
+            d_positive = p*(-(_c6) + _c8*_c9*adj_D_pn)
+            d_negative = -(p*(_c4 + _c8*_c9*adj_D_pn))
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_none_contig_par_float32(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        acc_D_pn = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float32(0.0)
+            p_D_an = np.float32(0.0)
+            p_D_pn = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                _c1 = -(x3)
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 + _c1)**p
+                v_D_pn = abs(_c1 + eps + x2)**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+                p_D_pn = _add(p_D_pn, v_D_pn)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+            acc_D_pn += np.float64(p_D_pn)
+        D_ap = np.float32(acc_D_ap)
+        D_an = np.float32(acc_D_an)
+        D_pn = np.float32(acc_D_pn)
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = _c2 + margin
+        _c4 = -(_c1) + _c3
+        _c5 = D_pn**_c0
+        _c6 = (_c1 < _c5)
+        _c7 = (_c1 == _c5)
+        _c8 = _c3 - (_c5)
+        l = (_c4 if (_c6 and (_c4 >= np.float32(0.0))) else (np.float32(0.0) if _c6 else ((_c1)*np.float32(-0.5) + _c2 + (_c5)*np.float32(-0.5) + margin if (_c7 and (_c1 + (_c2)*np.float32(-2.0) + _c5 + (margin)*np.float32(-2.0) <= np.float32(0.0))) else (np.float32(0.0) if _c7 else (_c8 if (_c8 >= np.float32(0.0)) else np.float32(0.0))))))
+        mw_ = np.float32(1.0)
+        if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = D_an**_c0
+        _c2 = D_pn**_c0
+        _c3 = (_c1 < _c2)
+        _c4 = D_ap**_c0
+        _c5 = _c4 + margin
+        _c6 = (-(_c1) + _c5 >= np.float32(0.0))
+        _c7 = _c0*_c2/D_pn
+        _c8 = (_c1 == _c2)
+        _c9 = (_c8 and (_c1 + _c2 + (_c4)*np.float32(-2.0) + (margin)*np.float32(-2.0) <= np.float32(0.0)))
+        _c10 = (-(_c2) + _c5 >= np.float32(0.0))
+        _c11 = _c0*_c1/D_an
+        _c12 = (_c3 and _c6)
+        _c13 = _c0*_c4/D_ap
+        adj_D_pn = gr_*(np.float32(0.0) if (_c3 and (_c3 or _c6)) else ((_c7)*np.float32(-0.5) if _c9 else (np.float32(0.0) if _c8 else (-(_c7) if _c10 else np.float32(0.0)))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (np.float32(0.0) if _c3 else ((_c11)*np.float32(-0.5) if _c9 else np.float32(0.0))))
+        adj_D_ap = gr_*(_c13 if _c12 else (np.float32(0.0) if _c3 else (_c13 if _c9 else (np.float32(0.0) if _c8 else (_c13 if _c10 else np.float32(0.0))))))
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = -(x3)
+            _c1 = eps + x
+            _c2 = _c0 + _c1
+            _c3 = p + np.float32(-1.0)
+            _c4 = adj_D_an*abs(_c2)**_c3*(np.float32(1.0) if _c2 > 0 else (np.float32(-1.0) if _c2 < 0 else _c2*np.float32(0.0)))
+            _c5 = _c1 - (x2)
+            _c6 = adj_D_ap*abs(_c5)**_c3*(np.float32(1.0) if _c5 > 0 else (np.float32(-1.0) if _c5 < 0 else _c5*np.float32(0.0)))
+            _c7 = _c0 + eps + x2
+            _c8 = (np.float32(1.0) if _c7 > 0 else (np.float32(-1.0) if _c7 < 0 else _c7*np.float32(0.0)))
+            _c9 = abs(_c7)**_c3
+            d_anchor = p*(_c4 + _c6)
+            d_positive = p*(-(_c6) + _c8*_c9*adj_D_pn)
+            d_negative = -(p*(_c4 + _c8*_c9*adj_D_pn))
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
     return total_, weight_
 
 
@@ -371,6 +568,196 @@ def _rows_v0_none_par_float64(anchor_arr, positive_arr, negative_arr, margin, p,
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v0_none_contig_ser_float64(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        acc_D_pn = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float64(0.0)
+            p_D_an = np.float64(0.0)
+            p_D_pn = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                _c1 = -(x3)
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 + _c1)**p
+                v_D_pn = abs(_c1 + eps + x2)**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+                p_D_pn = _add(p_D_pn, v_D_pn)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+            acc_D_pn += np.float64(p_D_pn)
+        D_ap = np.float64(acc_D_ap)
+        D_an = np.float64(acc_D_an)
+        D_pn = np.float64(acc_D_pn)
+        _c0 = (1.0/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = _c2 + margin
+        _c4 = -(_c1) + _c3
+        _c5 = D_pn**_c0
+        _c6 = (_c1 < _c5)
+        _c7 = (_c1 == _c5)
+        _c8 = _c3 - (_c5)
+        l = (_c4 if (_c6 and (_c4 >= 0.0)) else (0.0 if _c6 else ((_c1)*-0.5 + _c2 + (_c5)*-0.5 + margin if (_c7 and (_c1 + (_c2)*-2.0 + _c5 + (margin)*-2.0 <= 0.0)) else (0.0 if _c7 else (_c8 if (_c8 >= 0.0) else 0.0)))))
+        mw_ = 1.0
+        if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (1.0/(p))
+        _c1 = D_an**_c0
+        _c2 = D_pn**_c0
+        _c3 = (_c1 < _c2)
+        _c4 = D_ap**_c0
+        _c5 = _c4 + margin
+        _c6 = (-(_c1) + _c5 >= 0.0)
+        _c7 = _c0*_c2/D_pn
+        _c8 = (_c1 == _c2)
+        _c9 = (_c8 and (_c1 + _c2 + (_c4)*-2.0 + (margin)*-2.0 <= 0.0))
+        _c10 = (-(_c2) + _c5 >= 0.0)
+        _c11 = _c0*_c1/D_an
+        _c12 = (_c3 and _c6)
+        _c13 = _c0*_c4/D_ap
+        adj_D_pn = gr_*(0.0 if (_c3 and (_c3 or _c6)) else ((_c7)*-0.5 if _c9 else (0.0 if _c8 else (-(_c7) if _c10 else 0.0))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (0.0 if _c3 else ((_c11)*-0.5 if _c9 else 0.0)))
+        adj_D_ap = gr_*(_c13 if _c12 else (0.0 if _c3 else (_c13 if _c9 else (0.0 if _c8 else (_c13 if _c10 else 0.0)))))
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = -(x3)
+            _c1 = eps + x
+            _c2 = _c0 + _c1
+            _c3 = p - 1.0
+            _c4 = adj_D_an*abs(_c2)**_c3*(1.0 if _c2 > 0 else (-1.0 if _c2 < 0 else _c2*0.0))
+            _c5 = _c1 - (x2)
+            _c6 = adj_D_ap*abs(_c5)**_c3*(1.0 if _c5 > 0 else (-1.0 if _c5 < 0 else _c5*0.0))
+            _c7 = _c0 + eps + x2
+            _c8 = (1.0 if _c7 > 0 else (-1.0 if _c7 < 0 else _c7*0.0))
+            _c9 = abs(_c7)**_c3
+            d_anchor = p*(_c4 + _c6)
+            d_positive = p*(-(_c6) + _c8*_c9*adj_D_pn)
+            d_negative = -(p*(_c4 + _c8*_c9*adj_D_pn))
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v0_none_contig_par_float64(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        acc_D_pn = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float64(0.0)
+            p_D_an = np.float64(0.0)
+            p_D_pn = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                _c1 = -(x3)
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 + _c1)**p
+                v_D_pn = abs(_c1 + eps + x2)**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+                p_D_pn = _add(p_D_pn, v_D_pn)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+            acc_D_pn += np.float64(p_D_pn)
+        D_ap = np.float64(acc_D_ap)
+        D_an = np.float64(acc_D_an)
+        D_pn = np.float64(acc_D_pn)
+        _c0 = (1.0/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = _c2 + margin
+        _c4 = -(_c1) + _c3
+        _c5 = D_pn**_c0
+        _c6 = (_c1 < _c5)
+        _c7 = (_c1 == _c5)
+        _c8 = _c3 - (_c5)
+        l = (_c4 if (_c6 and (_c4 >= 0.0)) else (0.0 if _c6 else ((_c1)*-0.5 + _c2 + (_c5)*-0.5 + margin if (_c7 and (_c1 + (_c2)*-2.0 + _c5 + (margin)*-2.0 <= 0.0)) else (0.0 if _c7 else (_c8 if (_c8 >= 0.0) else 0.0)))))
+        mw_ = 1.0
+        if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (1.0/(p))
+        _c1 = D_an**_c0
+        _c2 = D_pn**_c0
+        _c3 = (_c1 < _c2)
+        _c4 = D_ap**_c0
+        _c5 = _c4 + margin
+        _c6 = (-(_c1) + _c5 >= 0.0)
+        _c7 = _c0*_c2/D_pn
+        _c8 = (_c1 == _c2)
+        _c9 = (_c8 and (_c1 + _c2 + (_c4)*-2.0 + (margin)*-2.0 <= 0.0))
+        _c10 = (-(_c2) + _c5 >= 0.0)
+        _c11 = _c0*_c1/D_an
+        _c12 = (_c3 and _c6)
+        _c13 = _c0*_c4/D_ap
+        adj_D_pn = gr_*(0.0 if (_c3 and (_c3 or _c6)) else ((_c7)*-0.5 if _c9 else (0.0 if _c8 else (-(_c7) if _c10 else 0.0))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (0.0 if _c3 else ((_c11)*-0.5 if _c9 else 0.0)))
+        adj_D_ap = gr_*(_c13 if _c12 else (0.0 if _c3 else (_c13 if _c9 else (0.0 if _c8 else (_c13 if _c10 else 0.0)))))
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = -(x3)
+            _c1 = eps + x
+            _c2 = _c0 + _c1
+            _c3 = p - 1.0
+            _c4 = adj_D_an*abs(_c2)**_c3*(1.0 if _c2 > 0 else (-1.0 if _c2 < 0 else _c2*0.0))
+            _c5 = _c1 - (x2)
+            _c6 = adj_D_ap*abs(_c5)**_c3*(1.0 if _c5 > 0 else (-1.0 if _c5 < 0 else _c5*0.0))
+            _c7 = _c0 + eps + x2
+            _c8 = (1.0 if _c7 > 0 else (-1.0 if _c7 < 0 else _c7*0.0))
+            _c9 = abs(_c7)**_c3
+            d_anchor = p*(_c4 + _c6)
+            d_positive = p*(-(_c6) + _c8*_c9*adj_D_pn)
+            d_negative = -(p*(_c4 + _c8*_c9*adj_D_pn))
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
+    return total_, weight_
+
+
 @njit(cache=True, error_model="numpy")
 def _rows_v1_none_ser_float32(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
     outer_, n_, inner_ = shape
@@ -486,6 +873,138 @@ def _rows_v1_none_par_float32(anchor_arr, positive_arr, negative_arr, margin, p,
             out_anchor[o_, j_, c_] = d_anchor
             out_positive[o_, j_, c_] = d_positive
             out_negative[o_, j_, c_] = d_negative
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_none_contig_ser_float32(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float32(0.0)
+            p_D_an = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 - (x3))**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+        D_ap = np.float32(acc_D_ap)
+        D_an = np.float32(acc_D_an)
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = -(D_an**_c0) + D_ap**_c0 + margin
+        l = (_c1 if (_c1 >= np.float32(0.0)) else np.float32(0.0))
+        mw_ = np.float32(1.0)
+        if D_ap != D_ap or D_an != D_an:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = (-(_c1) + _c2 + margin >= np.float32(0.0))
+        adj_D_an = gr_*(-(_c0*_c1/D_an) if _c3 else np.float32(0.0))
+        adj_D_ap = gr_*(_c0*_c2/D_ap if _c3 else np.float32(0.0))
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = eps + x
+            _c1 = _c0 - (x3)
+            _c2 = p + np.float32(-1.0)
+            _c3 = adj_D_an*abs(_c1)**_c2*(np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))
+            _c4 = _c0 - (x2)
+            _c5 = adj_D_ap*abs(_c4)**_c2*(np.float32(1.0) if _c4 > 0 else (np.float32(-1.0) if _c4 < 0 else _c4*np.float32(0.0)))
+            d_anchor = p*(_c3 + _c5)
+            d_positive = -(_c5*p)
+            d_negative = -(_c3*p)
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_none_contig_par_float32(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float32(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float32(0.0)
+            p_D_an = np.float32(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 - (x3))**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+        D_ap = np.float32(acc_D_ap)
+        D_an = np.float32(acc_D_an)
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = -(D_an**_c0) + D_ap**_c0 + margin
+        l = (_c1 if (_c1 >= np.float32(0.0)) else np.float32(0.0))
+        mw_ = np.float32(1.0)
+        if D_ap != D_ap or D_an != D_an:  # branches compare false on nan: keep it
+            l = np.float32(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (np.float32(1.0)/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = (-(_c1) + _c2 + margin >= np.float32(0.0))
+        adj_D_an = gr_*(-(_c0*_c1/D_an) if _c3 else np.float32(0.0))
+        adj_D_ap = gr_*(_c0*_c2/D_ap if _c3 else np.float32(0.0))
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = eps + x
+            _c1 = _c0 - (x3)
+            _c2 = p + np.float32(-1.0)
+            _c3 = adj_D_an*abs(_c1)**_c2*(np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))
+            _c4 = _c0 - (x2)
+            _c5 = adj_D_ap*abs(_c4)**_c2*(np.float32(1.0) if _c4 > 0 else (np.float32(-1.0) if _c4 < 0 else _c4*np.float32(0.0)))
+            d_anchor = p*(_c3 + _c5)
+            d_positive = -(_c5*p)
+            d_negative = -(_c3*p)
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
     return total_, weight_
 
 
@@ -607,6 +1126,138 @@ def _rows_v1_none_par_float64(anchor_arr, positive_arr, negative_arr, margin, p,
     return total_, weight_
 
 
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy")
+def _rows_v1_none_contig_ser_float64(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in range(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float64(0.0)
+            p_D_an = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 - (x3))**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+        D_ap = np.float64(acc_D_ap)
+        D_an = np.float64(acc_D_an)
+        _c0 = (1.0/(p))
+        _c1 = -(D_an**_c0) + D_ap**_c0 + margin
+        l = (_c1 if (_c1 >= 0.0) else 0.0)
+        mw_ = 1.0
+        if D_ap != D_ap or D_an != D_an:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (1.0/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = (-(_c1) + _c2 + margin >= 0.0)
+        adj_D_an = gr_*(-(_c0*_c1/D_an) if _c3 else 0.0)
+        adj_D_ap = gr_*(_c0*_c2/D_ap if _c3 else 0.0)
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = eps + x
+            _c1 = _c0 - (x3)
+            _c2 = p - 1.0
+            _c3 = adj_D_an*abs(_c1)**_c2*(1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))
+            _c4 = _c0 - (x2)
+            _c5 = adj_D_ap*abs(_c4)**_c2*(1.0 if _c4 > 0 else (-1.0 if _c4 < 0 else _c4*0.0))
+            d_anchor = p*(_c3 + _c5)
+            d_positive = -(_c5*p)
+            d_negative = -(_c3*p)
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
+    return total_, weight_
+
+
+# Rows contiguous in memory (class dim last): element operands and gradients are (rows, C).
+@njit(cache=True, error_model="numpy", parallel=True)
+def _rows_v1_none_contig_par_float64(anchor_arr, positive_arr, negative_arr, margin, p, eps, gs, g_stride, want_grad, losses, out_anchor, out_positive, out_negative, shape):
+    outer_, n_, inner_ = shape
+    total_ = 0.0  # the rows' losses and mean weights, summed in float64
+    weight_ = 0.0
+    for r_ in prange(outer_ * inner_):
+        o_ = r_ // inner_
+        c_ = r_ - o_ * inner_
+        C = np.float64(n_)
+        acc_D_ap = 0.0  # float64 accumulation
+        acc_D_an = 0.0  # float64 accumulation
+        for b_ in range(0, n_, 256):
+            h_ = min(b_ + 256, n_)
+            p_D_ap = np.float64(0.0)
+            p_D_an = np.float64(0.0)
+            for j_ in range(b_, h_):
+                x = anchor_arr[o_, np.uint64(j_)]
+                x2 = positive_arr[o_, np.uint64(j_)]
+                x3 = negative_arr[o_, np.uint64(j_)]
+                _c0 = eps + x
+                v_D_ap = abs(_c0 - (x2))**p
+                v_D_an = abs(_c0 - (x3))**p
+                p_D_ap = _add(p_D_ap, v_D_ap)
+                p_D_an = _add(p_D_an, v_D_an)
+            acc_D_ap += np.float64(p_D_ap)
+            acc_D_an += np.float64(p_D_an)
+        D_ap = np.float64(acc_D_ap)
+        D_an = np.float64(acc_D_an)
+        _c0 = (1.0/(p))
+        _c1 = -(D_an**_c0) + D_ap**_c0 + margin
+        l = (_c1 if (_c1 >= 0.0) else 0.0)
+        mw_ = 1.0
+        if D_ap != D_ap or D_an != D_an:  # branches compare false on nan: keep it
+            l = np.float64(np.nan)
+        losses[o_, c_] = l
+        total_ += l
+        weight_ += mw_
+        if not want_grad:
+            continue
+        gr_ = gs[r_ * g_stride]
+        _c0 = (1.0/(p))
+        _c1 = D_an**_c0
+        _c2 = D_ap**_c0
+        _c3 = (-(_c1) + _c2 + margin >= 0.0)
+        adj_D_an = gr_*(-(_c0*_c1/D_an) if _c3 else 0.0)
+        adj_D_ap = gr_*(_c0*_c2/D_ap if _c3 else 0.0)
+        for j_ in range(n_):
+            x = anchor_arr[o_, np.uint64(j_)]
+            x2 = positive_arr[o_, np.uint64(j_)]
+            x3 = negative_arr[o_, np.uint64(j_)]
+            _c0 = eps + x
+            _c1 = _c0 - (x3)
+            _c2 = p - 1.0
+            _c3 = adj_D_an*abs(_c1)**_c2*(1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))
+            _c4 = _c0 - (x2)
+            _c5 = adj_D_ap*abs(_c4)**_c2*(1.0 if _c4 > 0 else (-1.0 if _c4 < 0 else _c4*0.0))
+            d_anchor = p*(_c3 + _c5)
+            d_positive = -(_c5*p)
+            d_negative = -(_c3*p)
+            out_anchor[o_, j_] = d_anchor
+            out_positive[o_, j_] = d_positive
+            out_negative[o_, j_] = d_negative
+    return total_, weight_
+
+
 
 
 # Variant by the values of (swap).
@@ -616,10 +1267,15 @@ _VARIANTS = {
 }
 
 
-def _pick(variant, mode, dtype, size):
+def _pick(variant, mode, dtype, size, contig):
     par = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
     suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"_rows_v{variant}_{mode}_{par}_{suffix}"]
+    return globals()[f"_rows_v{variant}_{mode}_{'contig_' if contig else ''}{par}_{suffix}"]
+
+
+def _flat_rows(array):
+    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
+    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
 
 
 def _readonly(array):
@@ -732,7 +1388,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['anchor', 'positive', 'negative']]
     total, denominator = 0.0, 0.0
     if ref.size:
-        total, denominator = _pick(variant, mode, ref.dtype, ref.size)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
+        contig = inner == 1
+        if contig:
+            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
+            views = [_flat_rows(v) for v in views]
+        total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads
     if code == "mean":

@@ -68,11 +68,11 @@ def _elementwise_loss_context(d: ElementwiseLossDerivation) -> dict:
     ops = {}
     for dt in DTYPES:
         lines, ops["loss"] = block({"l": d.loss}, dt)
-        body["loss"][dt] = indent([f"# loss: {ops['loss']} ops", *lines], 8)
+        body["loss"][dt] = indent([f"# loss: {ops['loss']} ops", *lines], 0)
         lines, ops["grad"] = block({"dl": grad}, dt)
-        body["grad"][dt] = indent([f"# gradient: {ops['grad']} ops", *lines], 8)
+        body["grad"][dt] = indent([f"# gradient: {ops['grad']} ops", *lines], 0)
         lines, ops["both"] = block({"l": d.loss, "dl": grad}, dt)
-        body["both"][dt] = indent([f"# loss and gradient: {ops['both']} ops", *lines], 8)
+        body["both"][dt] = indent([f"# loss and gradient: {ops['both']} ops", *lines], 0)
     tensor = [{"name": p.name, "doc": p.doc or p.name, "default": repr(p.default)}
               for p in spec.tensor_params]
     reduction = spec.param("reduction")

@@ -51,7 +51,7 @@ J_, TGT_ = sp.symbols("j_ tgt_", integer=True)  # kernel loop index and the row'
 # Names the row template uses; spec symbols must not take them.
 _TEMPLATE_NAMES = frozenset({
     "o_", "c_", "r_", "j_", "n_", "tgt_", "gr_", "outer_", "inner_", "shape", "losses",
-    "total_", "weight_",
+    "total_", "weight_", "b_", "h_", "i_", "q_",
     "want_grad", "gs", "g_stride", "ignore_index", "math", "np", "_fn", "C", "l",
 })
 
@@ -182,6 +182,16 @@ class RowPlan:
     mean_weight: sp.Expr
     adjoints: tuple[tuple[sp.Symbol, sp.Expr], ...]  # in evaluation order
     grads: tuple[sp.Expr, ...]  # per element, one per differentiable operand
+    # The same gradients with each log-sum-exp selection exp(a_j - L) written as sc_L·e_L, where
+    # e_L = exp(a_j - max) is what the sum pass stored and sc_L = adj_L / Σ e (the fast path's
+    # gradient loop then reads e instead of computing exp again).
+    stored_grads: tuple[sp.Expr, ...] = ()
+
+
+def stored_exp(symbol: sp.Symbol) -> tuple[sp.Symbol, sp.Symbol]:
+    """(e_L, sc_L): the stored exp(a_j - max) and adj_L / Σ_j exp(a_j - max)."""
+    return (sp.Symbol(f"e_{symbol.name}", positive=True),
+            sp.Symbol(f"sc_{symbol.name}", real=True))
 
 
 @dataclass(frozen=True)
@@ -253,9 +263,9 @@ def _plan(spec: RowLoss, aggregates: list[Aggregate], loss: sp.Expr, mean_weight
                 if of == a.symbol:
                     total += adjoint(b.symbol) * name
         adjoints.append((adjoint(a.symbol), total))
-    grads = []
+    grads, stored_grads = [], []
     for k in range(len(diff_syms)):
-        total = sp.S.Zero
+        total = stored = sp.S.Zero
         for a in plans:
             part = a.partials[k]
             if part == 0:
@@ -263,6 +273,10 @@ def _plan(spec: RowLoss, aggregates: list[Aggregate], loss: sp.Expr, mean_weight
             adj = adjoint(a.symbol)
             if a.reduce == "logsumexp":
                 term = adj * sp.exp(a.expr - a.symbol) * part
+                e, scale = stored_exp(a.symbol)
+                stored += scale * e * part
+                total += term
+                continue
             elif a.reduce == "max":
                 count = sp.Symbol(f"cnt_{a.symbol.name}", positive=True)
                 term = sp.Piecewise((adj * part / count, sp.Eq(a.expr, a.symbol)), (0, True))
@@ -271,8 +285,11 @@ def _plan(spec: RowLoss, aggregates: list[Aggregate], loss: sp.Expr, mean_weight
             else:
                 term = adj * part
             total += term
+            stored += term
         grads.append(merge_powers(total))
-    return RowPlan(mode, tuple(plans), loss, mean_weight, tuple(adjoints), tuple(grads))
+        stored_grads.append(merge_powers(stored))
+    return RowPlan(mode, tuple(plans), loss, mean_weight, tuple(adjoints), tuple(grads),
+                   tuple(stored_grads))
 
 
 def _variant_options(spec: RowLoss) -> list[dict[str, bool]]:
@@ -468,23 +485,38 @@ def _chain_rule_error(spec: RowLoss, aggregates: list[Aggregate], plan: RowPlan,
             exact = sp.diff(full, elements[o.symbol][j]).subs(point)
             kernel = plan.grads[k].subs(env).subs(at(j)).subs(point)
             worst = max(worst, abs(complex(sp.N(exact - kernel, 25))))
+            # The fast path's form, with the stored e = exp(a_j - shift) for a shift of 0.
+            stored_env = dict(env)
+            for a in plan.aggregates:
+                if a.reduce == "logsumexp":
+                    e, scale = stored_exp(a.symbol)
+                    stored_env[e] = sp.exp(a.expr.subs(at(j)).subs(point))
+                    stored_env[scale] = env[adjoint(a.symbol)] / sp.exp(env[a.symbol])
+            kernel = plan.stored_grads[k].subs(stored_env).subs(at(j)).subs(point)
+            worst = max(worst, abs(complex(sp.N(exact - kernel, 25))))
     return worst
 
 
 # ------------------------------------------------------------------------------- template context
 
 
-def _loads(spec: RowLoss, mode: str, dt: str, index: str) -> list[str]:
-    """Read element ``index`` of the row: element operands, class values, the target."""
+def _loads(spec: RowLoss, mode: str, dt: str, index: str, contig: bool = False) -> list[str]:
+    """Read element ``index`` of the row: element operands, class values, the target.
+
+    ``contig``: element arrays are (rows, C) with unit stride along the row (the fast path).
+    Its indices are unsigned: a signed index that LLVM cannot prove non-negative (a loop from a
+    block start) gets Numba's negative-index wraparound, which keeps the loop scalar."""
     lines = []
+    u = f"np.uint64({index})" if contig else index
+    at = f"[o_, {u}]" if contig else f"[o_, {index}, c_]"
     for o in spec.operands:
         s = o.symbol.name
         if o.role == "element":
-            lines.append(f"{s} = {o.name}_arr[o_, {index}, c_]")
+            lines.append(f"{s} = {o.name}_arr{at}")
         elif o.role == "class":
-            lines.append(f"{s} = {o.name}_arr[{index}]")
+            lines.append(f"{s} = {o.name}_arr[{u}]")
     if mode == "dense":
-        lines.append(f"{spec.target_symbol.name} = {spec.target_name}_arr[o_, {index}, c_]")
+        lines.append(f"{spec.target_symbol.name} = {spec.target_name}_arr{at}")
     elif mode == "index" and index != "tgt_":
         one, zero = print_expr(sp.S.One, dt), print_expr(sp.S.Zero, dt)
         lines.append(f"{spec.target_symbol.name} = {one} if {index} == tgt_ else {zero}")
@@ -501,9 +533,46 @@ def block(outputs: dict[str, sp.Expr], dt: str) -> tuple[list[str], int]:
     return _block({k: stabilize(v) for k, v in outputs.items()}, dt)
 
 
-def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str]) -> str:
-    """The per-row kernel body (after the row's target was read and ignore handled)."""
+# The fast path's max of a log-sum-exp row runs on integer keys: the float's bits with the
+# magnitude bits flipped where the sign is set order like the floats, and an integer max
+# vectorizes where a float compare-and-select one does not (LLVM needs no-nans for that). A nan
+# is then skipped or taken as the max; either way exp(nan - m) or exp(x - nan) makes the sum nan.
+_KEYS = {"float32": ("np.int32", "np.int32(31)", "np.int32(0x7FFFFFFF)", "np.int32(-2**31)"),
+         "float64": ("np.int64", "np.int64(63)", "np.int64(0x7FFFFFFFFFFFFFFF)",
+                     "np.int64(-2**63)")}
+# Sums over a row run in blocks of this many elements: in the dtype within a block (a reduction
+# LLVM vectorizes at the dtype's full width), in float64 across blocks.
+ROW_BLOCK = 256
+
+
+def _block_sums(spec: RowLoss, plan: RowPlan, dt: str, names: list[str], body: list[str],
+                extra: list[str]) -> list[str]:
+    """The fast path's sum pass: ``body`` computes v_<name> for each sum; ``extra`` after it."""
     cast = f"np.{dt}"
+    lines = [f"for b_ in range(0, n_, {ROW_BLOCK}):",
+             f"    h_ = min(b_ + {ROW_BLOCK}, n_)"]
+    lines += [f"    p_{s} = {cast}(0.0)" for s in names]
+    lines.append("    for j_ in range(b_, h_):")
+    lines += ["        " + x for x in _loads(spec, plan.mode, dt, "j_", True) + body + extra]
+    lines += [f"        p_{s} = _add(p_{s}, v_{s})" for s in names]
+    lines += [f"    acc_{s} += np.float64(p_{s})" for s in names]
+    return lines
+
+
+def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
+              contig: bool = False) -> str:
+    """The per-row kernel body (after the row's target was read and ignore handled).
+
+    ``contig``: the fast path for rows contiguous in memory (class dim last): unit-stride loads,
+    the log-sum-exp max on integer keys, sums in dtype blocks, and with one differentiable
+    operand and one log-sum-exp, exp(a_j - max) stored in the gradient row by the sum pass and
+    read back by the gradient pass instead of computed again.
+    """
+    cast = f"np.{dt}"
+    diff_ops = [o for o in spec.operands if o.differentiable]
+    lses = [a for a in plan.aggregates if a.reduce == "logsumexp"]
+    store = contig and len(lses) == 1 and len(diff_ops) == 1
+    buf = f"out_{diff_ops[0].name}"
     lines: list[str] = [f"C = {cast}(n_)"]
     for o in spec.operands:
         if o.role == "row":
@@ -513,39 +582,70 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str]) -> s
         group = [a for a in plan.aggregates if a.level == level]
         looped = [a for a in group if not a.gathered]
         shifted = [a for a in looped if a.reduce in ("max", "logsumexp")]
-        if shifted:  # first pass: the maxima
-            for a in shifted:
+        keyed = [a for a in shifted if contig and a.reduce == "logsumexp"]
+        compared = [a for a in shifted if a not in keyed]
+        if compared:  # first pass: the maxima (nan taken as the max)
+            for a in compared:
                 lines.append(f"m_{a.symbol.name} = {cast}(-np.inf)")
-            body, _ = block({f"v_{a.symbol.name}": a.expr for a in shifted}, dt)
+            body, _ = block({f"v_{a.symbol.name}": a.expr for a in compared}, dt)
             lines.append("for j_ in range(n_):")
-            lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body]
-            for a in shifted:
+            lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", contig) + body]
+            for a in compared:
                 s = a.symbol.name
                 lines.append(f"    if v_{s} > m_{s} or v_{s} != v_{s}:")
                 lines.append(f"        m_{s} = v_{s}")
+        if keyed:
+            ity, shift, mask, low = _KEYS[dt]
+            for a in keyed:
+                lines.append(f"k_{a.symbol.name} = {low}")
+            body, _ = block({f"v_{a.symbol.name}": a.expr for a in keyed}, dt)
+            lines.append("for j_ in range(n_):")
+            lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", True) + body]
+            for a in keyed:
+                s = a.symbol.name
+                # max(), not a conditional: parfor's lookup fails on the latter under prange
+                lines += [f"    q_ = {cast}(v_{s}).view({ity})",
+                          f"    i_ = {ity}(q_ ^ ((q_ >> {shift}) & {mask}))",
+                          f"    k_{s} = max(k_{s}, i_)"]
+            for a in keyed:
+                s = a.symbol.name
+                lines.append(f"m_{s} = {ity}(k_{s} ^ ((k_{s} >> {shift}) & {mask}))"
+                             f".view({cast})")
         sums = [a for a in looped if a.reduce in ("sum", "logsumexp")]
         if sums:
             outputs = {}
+            names = []
             for a in sums:
                 s = a.symbol.name
                 lines.append(f"acc_{s} = 0.0  # float64 accumulation")
+                names.append(s)
                 outputs[f"v_{s}"] = a.expr if a.reduce == "sum" else sp.exp(
                     a.expr - sp.Symbol(f"m_{s}", real=True))
                 for name, _, expr in a.dsums:
                     lines.append(f"acc_{name.name} = 0.0")
                     outputs[f"v_{name.name}"] = expr
+                    names.append(name.name)
             body, _ = block(outputs, dt)
-            lines.append("for j_ in range(n_):")
-            lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body]
+            if not contig:
+                lines.append("for j_ in range(n_):")
+                lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body]
+                lines += [f"    acc_{s} += v_{s}" for s in names]
+            elif store and lses[0] in sums:
+                # e_j = exp(a_j - max) goes to the gradient row, which the gradient pass reads.
+                lines.append("if want_grad:")
+                lines += ["    " + x for x in _block_sums(
+                    spec, plan, dt, names, body,
+                    [f"{buf}[o_, np.uint64(j_)] = v_{lses[0].symbol.name}"])]
+                lines.append("else:")
+                lines += ["    " + x for x in _block_sums(spec, plan, dt, names, body, [])]
+            else:
+                lines += _block_sums(spec, plan, dt, names, body, [])
             for a in sums:
                 s = a.symbol.name
-                lines.append(f"    acc_{s} += v_{s}")
-                for name, _, _ in a.dsums:
-                    lines.append(f"    acc_{name.name} += v_{name.name}")
-            for a in sums:
-                s = a.symbol.name
-                lines.append(f"{s} = {cast}(acc_{s})" if a.reduce == "sum"
-                             else f"{s} = m_{s} + math.log({cast}(acc_{s}))")
+                if a.reduce == "sum":
+                    lines.append(f"{s} = {cast}(acc_{s})")
+                else:
+                    lines += [f"s_{s} = {cast}(acc_{s})", f"{s} = m_{s} + math.log(s_{s})"]
                 for name, _, _ in a.dsums:
                     lines.append(f"{name.name} = {cast}(acc_{name.name})")
         for a in group:
@@ -557,7 +657,7 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str]) -> s
             for a in gathered:
                 outputs.update({name.name: expr for name, _, expr in a.dsums})
             body, _ = block(outputs, dt)
-            lines += _loads(spec, plan.mode, dt, "tgt_") + body
+            lines += _loads(spec, plan.mode, dt, "tgt_", contig) + body
     body, _ = block({"l": plan.loss, "mw_": plan.mean_weight}, dt)
     lines += body
     aggs = [a.symbol.name for a in plan.aggregates]
@@ -569,18 +669,27 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str]) -> s
               "if not want_grad:", "    continue", "gr_ = gs[r_ * g_stride]"]
     body, _ = block({s.name: e for s, e in plan.adjoints}, dt)
     lines += body
+    if store:
+        e, scale = stored_exp(lses[0].symbol)
+        s = lses[0].symbol.name
+        lines.append(f"{scale.name} = {adjoint(lses[0].symbol).name} / s_{s}")
     for a in plan.aggregates:
         if a.reduce == "max" and any(p != 0 for p in a.partials):
             s = a.symbol.name
             body, _ = block({f"v_{s}": a.expr}, dt)
             lines += [f"cnt_{s} = {cast}(0.0)", "for j_ in range(n_):"]
-            lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body]
+            lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", contig) + body]
             lines += [f"    if v_{s} == {s}:", f"        cnt_{s} += {cast}(1.0)"]
-    body, _ = block(dict(zip(grad_names, plan.grads, strict=True)), dt)
+    grads = plan.stored_grads if store else plan.grads
+    body, _ = block(dict(zip(grad_names, grads, strict=True)), dt)
     lines.append("for j_ in range(n_):")
-    lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body]
-    for o, name in zip([o for o in spec.operands if o.differentiable], grad_names, strict=True):
-        lines.append(f"    out_{o.name}[o_, j_, c_] = {name}")
+    loads = _loads(spec, plan.mode, dt, "j_", contig)
+    if store:
+        loads.append(f"{e.name} = {buf}[o_, j_]")
+    lines += ["    " + x for x in loads + body]
+    at = "[o_, j_]" if contig else "[o_, j_, c_]"
+    for o, name in zip(diff_ops, grad_names, strict=True):
+        lines.append(f"    out_{o.name}{at} = {name}")
     return indent(lines, 8)
 
 
@@ -601,9 +710,11 @@ def _row_loss_context(d: RowLossDerivation) -> dict:
     for v in d.variants:
         bodies = {plan.mode: {dt: _row_body(spec, plan, dt, grad_names) for dt in DTYPES}
                   for plan in v.plans}
+        fast = {plan.mode: {dt: _row_body(spec, plan, dt, grad_names, True) for dt in DTYPES}
+                for plan in v.plans}
         plan = v.plans[-1]
         variants.append({
-            "key": tuple(value for _, value in v.options), "bodies": bodies,
+            "key": tuple(value for _, value in v.options), "bodies": bodies, "fast": fast,
             "label": ", ".join(f"{k}={val}" for k, val in v.options) or "all",
             "text": {"loss": sstr(plan.loss), "aggregates": [
                 f"{a.symbol} = {a.reduce}_j({sstr(a.expr)})"

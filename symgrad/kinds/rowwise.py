@@ -155,9 +155,14 @@ def _check_rowwise(spec: LogSumExpRowwise, diag, left, right, n: int = 4) -> str
 def _rowwise_context(d: RowwiseDerivation) -> dict:
     sign = d.spec.input_sign
     exprs: dict[str, dict[str, str]] = {k: {} for k in ("y_from_e", "y_shifted", "left", "vjp",
-                                                          "sign")}
+                                                          "vjp_p", "sign")}
     # Factored, so that softmax prints y*(g + a) rather than g*y + y*a (less cancellation).
     vjp = sp.factor(G * d.jac_diag + d.jac_right * A)
+    # Where the VJP needs exp(y) (log_softmax: the softmax), the fused kernel stores e / Σe while
+    # it writes y and reads it back as p, instead of computing exp again.
+    p = sp.Symbol("p", positive=True)
+    vjp_p = vjp.subs(sp.exp(d.spec.input_sign * Y), p) if d.forward_from_e is None else vjp
+    stored_p = vjp_p != vjp and not vjp_p.has(Y)
     for dt in DTYPES:
         exprs["sign"][dt] = print_expr(sp.Integer(sign), dt)
         if d.forward_from_e is not None:
@@ -165,6 +170,7 @@ def _rowwise_context(d: RowwiseDerivation) -> dict:
         exprs["y_shifted"][dt] = print_expr(d.forward_shifted, dt)
         exprs["left"][dt] = print_expr(d.jac_left, dt)
         exprs["vjp"][dt] = print_expr(vjp, dt)
+        exprs["vjp_p"][dt] = print_expr(vjp_p, dt)
     text = {
         "forward": sstr(d.forward), "lse": f"L = log(sum_j exp({'' if sign == 1 else '-'}x_j))",
         "vjp": f"grad_k = g_k*({sstr(d.jac_diag.subs(Y, sp.Symbol('y_k')))}) + "
@@ -172,6 +178,7 @@ def _rowwise_context(d: RowwiseDerivation) -> dict:
                f"({sstr(d.jac_left.subs(Y, sp.Symbol('y_i')))})",
     }
     return {"e": exprs, "text": text, "uses_e": d.forward_from_e is not None,
+            "stored_p": stored_p,
             "default_dim": d.spec.default_dim}
 
 
