@@ -190,9 +190,9 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
                 _c7 = -(_c4) + label_smoothing + np.float32(-2.0)
-                _c8 = (_c5*alpha + _c7*(alpha + np.float32(-1.0)))*((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
-                _c9 = (_c8)*np.float32(0.5)
-                v_S = (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c8*(_c5*_fn.softplus_f32(_c6) - (_c7*_fn.softplus_f32(x))))*np.float32(0.25)))
+                _c8 = (_c5*alpha + _c7*(alpha + np.float32(-1.0)))*(np.float32(-0.5)*_c2*_c5 + np.float32(0.5)*(-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6) + np.float32(1.0))**gamma
+                _c9 = np.float32(0.5)*_c8
+                v_S = (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else np.float32(0.25)*_c8*(_c5*_fn.softplus_f32(_c6) - (_c7*_fn.softplus_f32(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -215,21 +215,21 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3)
             _c5 = _c4 + label_smoothing
             _c6 = _fn.sigmoid_f32(x)
-            _c7 = (_c6)*np.float32(0.5)
+            _c7 = np.float32(0.5)*_c6
             _c8 = -(_c0*_c2)
             _c9 = _c8 + label_smoothing
             _c10 = _c9 + np.float32(-2.0)
             _c11 = -(x)
             _c12 = _fn.sigmoid_f32(_c11)
-            _c13 = (_c12)*np.float32(0.5)
+            _c13 = np.float32(0.5)*_c12
             _c14 = gamma + np.float32(-1.0)
             _c15 = _c5*alpha
             _c16 = alpha + np.float32(-1.0)
             _c17 = _c12*_c6*gamma
-            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing + np.float32(-2.0)))*(_c10*_c13 - (_c5*_c7) + np.float32(1.0))**_c14*(_c4 + _c8 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0)))*np.float32(0.25)
+            _c18 = np.float32(0.25)*_c17*(_c15 + _c16*(-(_c3) + label_smoothing + np.float32(-2.0)))*(_c10*_c13 - (_c5*_c7) + np.float32(1.0))**_c14*(_c4 + _c8 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0))
             _c19 = -(_c10)
             _c20 = -(_c13*_c19) - (_c7*_c9) + np.float32(1.0)
-            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else (((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*np.float32(-0.125)))
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else np.float32(-0.125)*((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6)))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -259,9 +259,9 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
                 _c7 = -(_c4) + label_smoothing + np.float32(-2.0)
-                _c8 = (_c5*alpha + _c7*(alpha + np.float32(-1.0)))*((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
-                _c9 = (_c8)*np.float32(0.5)
-                v_S = (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c8*(_c5*_fn.softplus_f32(_c6) - (_c7*_fn.softplus_f32(x))))*np.float32(0.25)))
+                _c8 = (_c5*alpha + _c7*(alpha + np.float32(-1.0)))*(np.float32(-0.5)*_c2*_c5 + np.float32(0.5)*(-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6) + np.float32(1.0))**gamma
+                _c9 = np.float32(0.5)*_c8
+                v_S = (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else np.float32(0.25)*_c8*(_c5*_fn.softplus_f32(_c6) - (_c7*_fn.softplus_f32(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -284,21 +284,21 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3)
             _c5 = _c4 + label_smoothing
             _c6 = _fn.sigmoid_f32(x)
-            _c7 = (_c6)*np.float32(0.5)
+            _c7 = np.float32(0.5)*_c6
             _c8 = -(_c0*_c2)
             _c9 = _c8 + label_smoothing
             _c10 = _c9 + np.float32(-2.0)
             _c11 = -(x)
             _c12 = _fn.sigmoid_f32(_c11)
-            _c13 = (_c12)*np.float32(0.5)
+            _c13 = np.float32(0.5)*_c12
             _c14 = gamma + np.float32(-1.0)
             _c15 = _c5*alpha
             _c16 = alpha + np.float32(-1.0)
             _c17 = _c12*_c6*gamma
-            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing + np.float32(-2.0)))*(_c10*_c13 - (_c5*_c7) + np.float32(1.0))**_c14*(_c4 + _c8 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0)))*np.float32(0.25)
+            _c18 = np.float32(0.25)*_c17*(_c15 + _c16*(-(_c3) + label_smoothing + np.float32(-2.0)))*(_c10*_c13 - (_c5*_c7) + np.float32(1.0))**_c14*(_c4 + _c8 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0))
             _c19 = -(_c10)
             _c20 = -(_c13*_c19) - (_c7*_c9) + np.float32(1.0)
-            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else (((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*np.float32(-0.125)))
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c6 < np.float32(1e-07)) else (_c18*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c6 > np.float32(0.9999999)) else np.float32(-0.125)*((_c10*_c16)*np.float32(2.0) + (_c15)*np.float32(2.0))*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f32(x)) + _c5*_fn.softplus_f32(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6)))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -456,9 +456,9 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
                 _c7 = -(_c4) + label_smoothing - 2.0
-                _c8 = (_c5*alpha + _c7*(alpha - 1.0))*((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
-                _c9 = (_c8)*0.5
-                v_S = (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c8*(_c5*_fn.softplus_f64(_c6) - (_c7*_fn.softplus_f64(x))))*0.25))
+                _c8 = (_c5*alpha + _c7*(alpha - 1.0))*(-0.5*_c2*_c5 + 0.5*(-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6) + 1.0)**gamma
+                _c9 = 0.5*_c8
+                v_S = (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else 0.25*_c8*(_c5*_fn.softplus_f64(_c6) - (_c7*_fn.softplus_f64(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -481,21 +481,21 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3)
             _c5 = _c4 + label_smoothing
             _c6 = _fn.sigmoid_f64(x)
-            _c7 = (_c6)*0.5
+            _c7 = 0.5*_c6
             _c8 = -(_c0*_c2)
             _c9 = _c8 + label_smoothing
             _c10 = _c9 - 2.0
             _c11 = -(x)
             _c12 = _fn.sigmoid_f64(_c11)
-            _c13 = (_c12)*0.5
+            _c13 = 0.5*_c12
             _c14 = gamma - 1.0
             _c15 = _c5*alpha
             _c16 = alpha - 1.0
             _c17 = _c12*_c6*gamma
-            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing - 2.0))*(_c10*_c13 - (_c5*_c7) + 1.0)**_c14*(_c4 + _c8 + (label_smoothing)*2.0 - 2.0))*0.25
+            _c18 = 0.25*_c17*(_c15 + _c16*(-(_c3) + label_smoothing - 2.0))*(_c10*_c13 - (_c5*_c7) + 1.0)**_c14*(_c4 + _c8 + (label_smoothing)*2.0 - 2.0)
             _c19 = -(_c10)
             _c20 = -(_c13*_c19) - (_c7*_c9) + 1.0
-            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c6 < 1e-07) else (_c18*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c6 > 0.9999999) else (((_c10*_c16)*2.0 + (_c15)*2.0)*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f64(x)) + _c5*_fn.softplus_f64(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*-0.125))
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c6 < 1e-07) else (_c18*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c6 > 0.9999999) else -0.125*((_c10*_c16)*2.0 + (_c15)*2.0)*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f64(x)) + _c5*_fn.softplus_f64(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6)))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -525,9 +525,9 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
                 _c7 = -(_c4) + label_smoothing - 2.0
-                _c8 = (_c5*alpha + _c7*(alpha - 1.0))*((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
-                _c9 = (_c8)*0.5
-                v_S = (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c8*(_c5*_fn.softplus_f64(_c6) - (_c7*_fn.softplus_f64(x))))*0.25))
+                _c8 = (_c5*alpha + _c7*(alpha - 1.0))*(-0.5*_c2*_c5 + 0.5*(-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6) + 1.0)**gamma
+                _c9 = 0.5*_c8
+                v_S = (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else 0.25*_c8*(_c5*_fn.softplus_f64(_c6) - (_c7*_fn.softplus_f64(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -550,21 +550,21 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3)
             _c5 = _c4 + label_smoothing
             _c6 = _fn.sigmoid_f64(x)
-            _c7 = (_c6)*0.5
+            _c7 = 0.5*_c6
             _c8 = -(_c0*_c2)
             _c9 = _c8 + label_smoothing
             _c10 = _c9 - 2.0
             _c11 = -(x)
             _c12 = _fn.sigmoid_f64(_c11)
-            _c13 = (_c12)*0.5
+            _c13 = 0.5*_c12
             _c14 = gamma - 1.0
             _c15 = _c5*alpha
             _c16 = alpha - 1.0
             _c17 = _c12*_c6*gamma
-            _c18 = (_c17*(_c15 + _c16*(-(_c3) + label_smoothing - 2.0))*(_c10*_c13 - (_c5*_c7) + 1.0)**_c14*(_c4 + _c8 + (label_smoothing)*2.0 - 2.0))*0.25
+            _c18 = 0.25*_c17*(_c15 + _c16*(-(_c3) + label_smoothing - 2.0))*(_c10*_c13 - (_c5*_c7) + 1.0)**_c14*(_c4 + _c8 + (label_smoothing)*2.0 - 2.0)
             _c19 = -(_c10)
             _c20 = -(_c13*_c19) - (_c7*_c9) + 1.0
-            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c6 < 1e-07) else (_c18*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c6 > 0.9999999) else (((_c10*_c16)*2.0 + (_c15)*2.0)*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f64(x)) + _c5*_fn.softplus_f64(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6))))*-0.125))
+            d_y_pred = adj_S*(-(_c18*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c6 < 1e-07) else (_c18*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c6 > 0.9999999) else -0.125*((_c10*_c16)*2.0 + (_c15)*2.0)*(_c17*_c20**_c14*(_c0 + _c8)*(-(_c10*_fn.softplus_f64(x)) + _c5*_fn.softplus_f64(_c11)) + _c20**gamma*(_c12*_c9 - (_c19*_c6)))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -700,9 +700,9 @@ def _rows_v1_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c3 = _c0*_c2
                 _c4 = -(_c3) + label_smoothing
                 _c5 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-                _c6 = (_c4*alpha + (alpha + np.float32(-1.0))*(-(_c3) + label_smoothing + np.float32(-2.0)))*((_c4*x)*np.float32(-0.5) + (_c5*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
-                _c7 = (_c6)*np.float32(0.5)
-                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c6*(_c4*_fn.log_f32(x) - (_c5*_fn.log1p_f32(-(x)))))*np.float32(-0.25)))
+                _c6 = (_c4*alpha + (alpha + np.float32(-1.0))*(-(_c3) + label_smoothing + np.float32(-2.0)))*(np.float32(-0.5)*_c4*x + np.float32(-0.5)*_c5*(x + np.float32(-1.0)) + np.float32(1.0))**gamma
+                _c7 = np.float32(0.5)*_c6
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else np.float32(-0.25)*_c6*(_c4*_fn.log_f32(x) - (_c5*_fn.log1p_f32(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -728,10 +728,10 @@ def _rows_v1_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c7 = _c4*alpha + _c6*(alpha + np.float32(-1.0))
             _c8 = x + np.float32(-1.0)
             _c9 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-            _c10 = (_c4*x)*np.float32(-0.5) + (_c8*_c9)*np.float32(-0.5) + np.float32(1.0)
+            _c10 = np.float32(-0.5)*_c4*x + np.float32(-0.5)*_c8*_c9 + np.float32(1.0)
             _c11 = _c10**(gamma + np.float32(-1.0))*gamma*(-(_c5) + np.float32(-1.0))
-            _c12 = (_c11*_c7)*np.float32(0.5)
-            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f32(x) - (_c9*_fn.log1p_f32(-(x))))))*np.float32(0.25)))
+            _c12 = np.float32(0.5)*_c11*_c7
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else np.float32(0.25)*_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f32(x) - (_c9*_fn.log1p_f32(-(x)))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -759,9 +759,9 @@ def _rows_v1_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c3 = _c0*_c2
                 _c4 = -(_c3) + label_smoothing
                 _c5 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-                _c6 = (_c4*alpha + (alpha + np.float32(-1.0))*(-(_c3) + label_smoothing + np.float32(-2.0)))*((_c4*x)*np.float32(-0.5) + (_c5*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
-                _c7 = (_c6)*np.float32(0.5)
-                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c6*(_c4*_fn.log_f32(x) - (_c5*_fn.log1p_f32(-(x)))))*np.float32(-0.25)))
+                _c6 = (_c4*alpha + (alpha + np.float32(-1.0))*(-(_c3) + label_smoothing + np.float32(-2.0)))*(np.float32(-0.5)*_c4*x + np.float32(-0.5)*_c5*(x + np.float32(-1.0)) + np.float32(1.0))**gamma
+                _c7 = np.float32(0.5)*_c6
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else np.float32(-0.25)*_c6*(_c4*_fn.log_f32(x) - (_c5*_fn.log1p_f32(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -787,10 +787,10 @@ def _rows_v1_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c7 = _c4*alpha + _c6*(alpha + np.float32(-1.0))
             _c8 = x + np.float32(-1.0)
             _c9 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-            _c10 = (_c4*x)*np.float32(-0.5) + (_c8*_c9)*np.float32(-0.5) + np.float32(1.0)
+            _c10 = np.float32(-0.5)*_c4*x + np.float32(-0.5)*_c8*_c9 + np.float32(1.0)
             _c11 = _c10**(gamma + np.float32(-1.0))*gamma*(-(_c5) + np.float32(-1.0))
-            _c12 = (_c11*_c7)*np.float32(0.5)
-            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f32(x) - (_c9*_fn.log1p_f32(-(x))))))*np.float32(0.25)))
+            _c12 = np.float32(0.5)*_c11*_c7
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c12*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else np.float32(0.25)*_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f32(x) - (_c9*_fn.log1p_f32(-(x)))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -926,9 +926,9 @@ def _rows_v1_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c3 = _c0*_c2
                 _c4 = -(_c3) + label_smoothing
                 _c5 = -(_c0*_c2) + label_smoothing - 2.0
-                _c6 = (_c4*alpha + (alpha - 1.0)*(-(_c3) + label_smoothing - 2.0))*((_c4*x)*-0.5 + (_c5*(x - 1.0))*-0.5 + 1.0)**gamma
-                _c7 = (_c6)*0.5
-                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c6*(_c4*_fn.log_f64(x) - (_c5*_fn.log1p_f64(-(x)))))*-0.25))
+                _c6 = (_c4*alpha + (alpha - 1.0)*(-(_c3) + label_smoothing - 2.0))*(-0.5*_c4*x - 0.5*_c5*(x - 1.0) + 1.0)**gamma
+                _c7 = 0.5*_c6
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else -0.25*_c6*(_c4*_fn.log_f64(x) - (_c5*_fn.log1p_f64(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -954,10 +954,10 @@ def _rows_v1_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c7 = _c4*alpha + _c6*(alpha - 1.0)
             _c8 = x - 1.0
             _c9 = -(_c0*_c2) + label_smoothing - 2.0
-            _c10 = (_c4*x)*-0.5 + (_c8*_c9)*-0.5 + 1.0
+            _c10 = -0.5*_c4*x - 0.5*_c8*_c9 + 1.0
             _c11 = _c10**(gamma - 1.0)*gamma*(-(_c5) - 1.0)
-            _c12 = (_c11*_c7)*0.5
-            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x))))))*0.25))
+            _c12 = 0.5*_c11*_c7
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else 0.25*_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x)))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -985,9 +985,9 @@ def _rows_v1_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c3 = _c0*_c2
                 _c4 = -(_c3) + label_smoothing
                 _c5 = -(_c0*_c2) + label_smoothing - 2.0
-                _c6 = (_c4*alpha + (alpha - 1.0)*(-(_c3) + label_smoothing - 2.0))*((_c4*x)*-0.5 + (_c5*(x - 1.0))*-0.5 + 1.0)**gamma
-                _c7 = (_c6)*0.5
-                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c6*(_c4*_fn.log_f64(x) - (_c5*_fn.log1p_f64(-(x)))))*-0.25))
+                _c6 = (_c4*alpha + (alpha - 1.0)*(-(_c3) + label_smoothing - 2.0))*(-0.5*_c4*x - 0.5*_c5*(x - 1.0) + 1.0)**gamma
+                _c7 = 0.5*_c6
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else -0.25*_c6*(_c4*_fn.log_f64(x) - (_c5*_fn.log1p_f64(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -1013,10 +1013,10 @@ def _rows_v1_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c7 = _c4*alpha + _c6*(alpha - 1.0)
             _c8 = x - 1.0
             _c9 = -(_c0*_c2) + label_smoothing - 2.0
-            _c10 = (_c4*x)*-0.5 + (_c8*_c9)*-0.5 + 1.0
+            _c10 = -0.5*_c4*x - 0.5*_c8*_c9 + 1.0
             _c11 = _c10**(gamma - 1.0)*gamma*(-(_c5) - 1.0)
-            _c12 = (_c11*_c7)*0.5
-            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x))))))*0.25))
+            _c12 = 0.5*_c11*_c7
+            d_y_pred = adj_S*(-(_c12*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c12*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else 0.25*_c7*(_c10**gamma*(-(_c4/x) + _c6/_c8) + _c11*(_c4*_fn.log_f64(x) - (_c9*_fn.log1p_f64(-(x)))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1163,8 +1163,8 @@ def _rows_v2_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c4 = _c0*_c3
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
-                _c7 = ((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
-                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c7*(_c5*_fn.softplus_f32(_c6) - ((-(_c4) + label_smoothing + np.float32(-2.0))*_fn.softplus_f32(x))))*np.float32(0.5)))
+                _c7 = (np.float32(-0.5)*_c2*_c5 + np.float32(0.5)*(-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6) + np.float32(1.0))**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else np.float32(0.5)*_c7*(_c5*_fn.softplus_f32(_c6) - ((-(_c4) + label_smoothing + np.float32(-2.0))*_fn.softplus_f32(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -1186,19 +1186,19 @@ def _rows_v2_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c3 = -(_c0*_c2)
             _c4 = _c3 + label_smoothing
             _c5 = _fn.sigmoid_f32(x)
-            _c6 = (_c5)*np.float32(0.5)
+            _c6 = np.float32(0.5)*_c5
             _c7 = -(_c0*_c2)
             _c8 = _c7 + label_smoothing
             _c9 = _c8 + np.float32(-2.0)
             _c10 = -(x)
             _c11 = _fn.sigmoid_f32(_c10)
-            _c12 = (_c11)*np.float32(0.5)
+            _c12 = np.float32(0.5)*_c11
             _c13 = gamma + np.float32(-1.0)
             _c14 = _c5*gamma
             _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + np.float32(1.0))**_c13*(_c3 + _c7 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0))
             _c16 = -(_c9)
             _c17 = -(_c12*_c16) - (_c6*_c8) + np.float32(1.0)
-            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c5 < np.float32(1e-07)) else (_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c5 > np.float32(0.9999999)) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f32(_c10) - (_c9*_fn.softplus_f32(x))))*np.float32(-0.5) + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*np.float32(-0.5)))
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c5 < np.float32(1e-07)) else (_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c5 > np.float32(0.9999999)) else np.float32(-0.5)*_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f32(_c10) - (_c9*_fn.softplus_f32(x))) + np.float32(-0.5)*_c17**gamma*(_c11*_c8 - (_c16*_c5))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1227,8 +1227,8 @@ def _rows_v2_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c4 = _c0*_c3
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
-                _c7 = ((_c2*_c5)*np.float32(-0.5) + ((-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6))*np.float32(0.5) + np.float32(1.0))**gamma
-                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else (_c7*(_c5*_fn.softplus_f32(_c6) - ((-(_c4) + label_smoothing + np.float32(-2.0))*_fn.softplus_f32(x))))*np.float32(0.5)))
+                _c7 = (np.float32(-0.5)*_c2*_c5 + np.float32(0.5)*(-(_c0*_c3) + label_smoothing + np.float32(-2.0))*_fn.sigmoid_f32(_c6) + np.float32(1.0))**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (_c2 < np.float32(1e-07)) else (-(_c7*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (_c2 > np.float32(0.9999999)) else np.float32(0.5)*_c7*(_c5*_fn.softplus_f32(_c6) - ((-(_c4) + label_smoothing + np.float32(-2.0))*_fn.softplus_f32(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -1250,19 +1250,19 @@ def _rows_v2_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c3 = -(_c0*_c2)
             _c4 = _c3 + label_smoothing
             _c5 = _fn.sigmoid_f32(x)
-            _c6 = (_c5)*np.float32(0.5)
+            _c6 = np.float32(0.5)*_c5
             _c7 = -(_c0*_c2)
             _c8 = _c7 + label_smoothing
             _c9 = _c8 + np.float32(-2.0)
             _c10 = -(x)
             _c11 = _fn.sigmoid_f32(_c10)
-            _c12 = (_c11)*np.float32(0.5)
+            _c12 = np.float32(0.5)*_c11
             _c13 = gamma + np.float32(-1.0)
             _c14 = _c5*gamma
             _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + np.float32(1.0))**_c13*(_c3 + _c7 + (label_smoothing)*np.float32(2.0) + np.float32(-2.0))
             _c16 = -(_c9)
             _c17 = -(_c12*_c16) - (_c6*_c8) + np.float32(1.0)
-            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c5 < np.float32(1e-07)) else (_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c5 > np.float32(0.9999999)) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f32(_c10) - (_c9*_fn.softplus_f32(x))))*np.float32(-0.5) + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*np.float32(-0.5)))
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (_c5 < np.float32(1e-07)) else (_c15*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (_c5 > np.float32(0.9999999)) else np.float32(-0.5)*_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f32(_c10) - (_c9*_fn.softplus_f32(x))) + np.float32(-0.5)*_c17**gamma*(_c11*_c8 - (_c16*_c5))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1409,8 +1409,8 @@ def _rows_v2_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c4 = _c0*_c3
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
-                _c7 = ((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
-                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c7*(_c5*_fn.softplus_f64(_c6) - ((-(_c4) + label_smoothing - 2.0)*_fn.softplus_f64(x))))*0.5))
+                _c7 = (-0.5*_c2*_c5 + 0.5*(-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6) + 1.0)**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else 0.5*_c7*(_c5*_fn.softplus_f64(_c6) - ((-(_c4) + label_smoothing - 2.0)*_fn.softplus_f64(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -1432,19 +1432,19 @@ def _rows_v2_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c3 = -(_c0*_c2)
             _c4 = _c3 + label_smoothing
             _c5 = _fn.sigmoid_f64(x)
-            _c6 = (_c5)*0.5
+            _c6 = 0.5*_c5
             _c7 = -(_c0*_c2)
             _c8 = _c7 + label_smoothing
             _c9 = _c8 - 2.0
             _c10 = -(x)
             _c11 = _fn.sigmoid_f64(_c10)
-            _c12 = (_c11)*0.5
+            _c12 = 0.5*_c11
             _c13 = gamma - 1.0
             _c14 = _c5*gamma
             _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + 1.0)**_c13*(_c3 + _c7 + (label_smoothing)*2.0 - 2.0)
             _c16 = -(_c9)
             _c17 = -(_c12*_c16) - (_c6*_c8) + 1.0
-            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c5 < 1e-07) else (_c15*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c5 > 0.9999999) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f64(_c10) - (_c9*_fn.softplus_f64(x))))*-0.5 + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*-0.5))
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c5 < 1e-07) else (_c15*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c5 > 0.9999999) else -0.5*_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f64(_c10) - (_c9*_fn.softplus_f64(x))) - 0.5*_c17**gamma*(_c11*_c8 - (_c16*_c5))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1473,8 +1473,8 @@ def _rows_v2_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c4 = _c0*_c3
                 _c5 = -(_c4) + label_smoothing
                 _c6 = -(x)
-                _c7 = ((_c2*_c5)*-0.5 + ((-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6))*0.5 + 1.0)**gamma
-                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else (_c7*(_c5*_fn.softplus_f64(_c6) - ((-(_c4) + label_smoothing - 2.0)*_fn.softplus_f64(x))))*0.5))
+                _c7 = (-0.5*_c2*_c5 + 0.5*(-(_c0*_c3) + label_smoothing - 2.0)*_fn.sigmoid_f64(_c6) + 1.0)**gamma
+                v_S = (_c7*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (_c2 < 1e-07) else (-(_c7*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (_c2 > 0.9999999) else 0.5*_c7*(_c5*_fn.softplus_f64(_c6) - ((-(_c4) + label_smoothing - 2.0)*_fn.softplus_f64(x)))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -1496,19 +1496,19 @@ def _rows_v2_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c3 = -(_c0*_c2)
             _c4 = _c3 + label_smoothing
             _c5 = _fn.sigmoid_f64(x)
-            _c6 = (_c5)*0.5
+            _c6 = 0.5*_c5
             _c7 = -(_c0*_c2)
             _c8 = _c7 + label_smoothing
             _c9 = _c8 - 2.0
             _c10 = -(x)
             _c11 = _fn.sigmoid_f64(_c10)
-            _c12 = (_c11)*0.5
+            _c12 = 0.5*_c11
             _c13 = gamma - 1.0
             _c14 = _c5*gamma
             _c15 = _c12*_c14*(_c12*_c9 - (_c4*_c6) + 1.0)**_c13*(_c3 + _c7 + (label_smoothing)*2.0 - 2.0)
             _c16 = -(_c9)
             _c17 = -(_c12*_c16) - (_c6*_c8) + 1.0
-            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c5 < 1e-07) else (_c15*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c5 > 0.9999999) else (_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f64(_c10) - (_c9*_fn.softplus_f64(x))))*-0.5 + (_c17**gamma*(_c11*_c8 - (_c16*_c5)))*-0.5))
+            d_y_pred = adj_S*(-(_c15*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (_c5 < 1e-07) else (_c15*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (_c5 > 0.9999999) else -0.5*_c11*_c14*_c17**_c13*(_c0 + _c7)*(_c4*_fn.softplus_f64(_c10) - (_c9*_fn.softplus_f64(x))) - 0.5*_c17**gamma*(_c11*_c8 - (_c16*_c5))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1633,8 +1633,8 @@ def _rows_v3_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c2 = (t)*np.float32(2.0)
                 _c3 = -(_c0*_c2) + label_smoothing
                 _c4 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-                _c5 = ((_c3*x)*np.float32(-0.5) + (_c4*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
-                v_S = (_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c5*(_c3*_fn.log_f32(x) - (_c4*_fn.log1p_f32(-(x)))))*np.float32(-0.5)))
+                _c5 = (np.float32(-0.5)*_c3*x + np.float32(-0.5)*_c4*(x + np.float32(-1.0)) + np.float32(1.0))**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else np.float32(-0.5)*_c5*(_c3*_fn.log_f32(x) - (_c4*_fn.log1p_f32(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -1657,10 +1657,10 @@ def _rows_v3_dense_contig_ser_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3) + label_smoothing
             _c5 = x + np.float32(-1.0)
             _c6 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-            _c7 = (_c4*x)*np.float32(-0.5) + (_c5*_c6)*np.float32(-0.5) + np.float32(1.0)
+            _c7 = np.float32(-0.5)*_c4*x + np.float32(-0.5)*_c5*_c6 + np.float32(1.0)
             _c8 = _c3 - (label_smoothing)
             _c9 = _c7**(gamma + np.float32(-1.0))*gamma*(-(_c8) + np.float32(-1.0))
-            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5))*np.float32(0.5) + (_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x)))))*np.float32(0.5)))
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else np.float32(0.5)*_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5) + np.float32(0.5)*_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1687,8 +1687,8 @@ def _rows_v3_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
                 _c2 = (t)*np.float32(2.0)
                 _c3 = -(_c0*_c2) + label_smoothing
                 _c4 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-                _c5 = ((_c3*x)*np.float32(-0.5) + (_c4*(x + np.float32(-1.0)))*np.float32(-0.5) + np.float32(1.0))**gamma
-                v_S = (_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else (_c5*(_c3*_fn.log_f32(x) - (_c4*_fn.log1p_f32(-(x)))))*np.float32(-0.5)))
+                _c5 = (np.float32(-0.5)*_c3*x + np.float32(-0.5)*_c4*(x + np.float32(-1.0)) + np.float32(1.0))**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07)) if (x < np.float32(1e-07)) else (-(_c5*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832))) if (x > np.float32(0.9999999)) else np.float32(-0.5)*_c5*(_c3*_fn.log_f32(x) - (_c4*_fn.log1p_f32(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -1711,10 +1711,10 @@ def _rows_v3_dense_contig_par_float32(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3) + label_smoothing
             _c5 = x + np.float32(-1.0)
             _c6 = -(_c0*_c2) + label_smoothing + np.float32(-2.0)
-            _c7 = (_c4*x)*np.float32(-0.5) + (_c5*_c6)*np.float32(-0.5) + np.float32(1.0)
+            _c7 = np.float32(-0.5)*_c4*x + np.float32(-0.5)*_c5*_c6 + np.float32(1.0)
             _c8 = _c3 - (label_smoothing)
             _c9 = _c7**(gamma + np.float32(-1.0))*gamma*(-(_c8) + np.float32(-1.0))
-            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else (_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5))*np.float32(0.5) + (_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x)))))*np.float32(0.5)))
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(1.0000000500000033e-07))) if (x < np.float32(1e-07)) else (_c9*(-(_c1) + (label_smoothing)*np.float32(8.059047775479158) + np.float32(-16.11809565095832)) if (x > np.float32(0.9999999)) else np.float32(0.5)*_c7**gamma*(-(_c4/x) + (-(_c8) + np.float32(-2.0))/_c5) + np.float32(0.5)*_c9*(_c4*_fn.log_f32(x) - (_c6*_fn.log1p_f32(-(x))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1839,8 +1839,8 @@ def _rows_v3_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c2 = (t)*2.0
                 _c3 = -(_c0*_c2) + label_smoothing
                 _c4 = -(_c0*_c2) + label_smoothing - 2.0
-                _c5 = ((_c3*x)*-0.5 + (_c4*(x - 1.0))*-0.5 + 1.0)**gamma
-                v_S = (_c5*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c5*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c5*(_c3*_fn.log_f64(x) - (_c4*_fn.log1p_f64(-(x)))))*-0.5))
+                _c5 = (-0.5*_c3*x - 0.5*_c4*(x - 1.0) + 1.0)**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c5*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else -0.5*_c5*(_c3*_fn.log_f64(x) - (_c4*_fn.log1p_f64(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -1863,10 +1863,10 @@ def _rows_v3_dense_contig_ser_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3) + label_smoothing
             _c5 = x - 1.0
             _c6 = -(_c0*_c2) + label_smoothing - 2.0
-            _c7 = (_c4*x)*-0.5 + (_c5*_c6)*-0.5 + 1.0
+            _c7 = -0.5*_c4*x - 0.5*_c5*_c6 + 1.0
             _c8 = _c3 - (label_smoothing)
             _c9 = _c7**(gamma - 1.0)*gamma*(-(_c8) - 1.0)
-            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7**gamma*(-(_c4/x) + (-(_c8) - 2.0)/_c5))*0.5 + (_c9*(_c4*_fn.log_f64(x) - (_c6*_fn.log1p_f64(-(x)))))*0.5))
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else 0.5*_c7**gamma*(-(_c4/x) + (-(_c8) - 2.0)/_c5) + 0.5*_c9*(_c4*_fn.log_f64(x) - (_c6*_fn.log1p_f64(-(x))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -1893,8 +1893,8 @@ def _rows_v3_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
                 _c2 = (t)*2.0
                 _c3 = -(_c0*_c2) + label_smoothing
                 _c4 = -(_c0*_c2) + label_smoothing - 2.0
-                _c5 = ((_c3*x)*-0.5 + (_c4*(x - 1.0))*-0.5 + 1.0)**gamma
-                v_S = (_c5*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c5*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else (_c5*(_c3*_fn.log_f64(x) - (_c4*_fn.log1p_f64(-(x)))))*-0.5))
+                _c5 = (-0.5*_c3*x - 0.5*_c4*(x - 1.0) + 1.0)**gamma
+                v_S = (_c5*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07) if (x < 1e-07) else (-(_c5*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832)) if (x > 0.9999999) else -0.5*_c5*(_c3*_fn.log_f64(x) - (_c4*_fn.log1p_f64(-(x))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -1917,10 +1917,10 @@ def _rows_v3_dense_contig_par_float64(y_pred_arr, alpha, gamma, label_smoothing,
             _c4 = -(_c3) + label_smoothing
             _c5 = x - 1.0
             _c6 = -(_c0*_c2) + label_smoothing - 2.0
-            _c7 = (_c4*x)*-0.5 + (_c5*_c6)*-0.5 + 1.0
+            _c7 = -0.5*_c4*x - 0.5*_c5*_c6 + 1.0
             _c8 = _c3 - (label_smoothing)
             _c9 = _c7**(gamma - 1.0)*gamma*(-(_c8) - 1.0)
-            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else (_c7**gamma*(-(_c4/x) + (-(_c8) - 2.0)/_c5))*0.5 + (_c9*(_c4*_fn.log_f64(x) - (_c6*_fn.log1p_f64(-(x)))))*0.5))
+            d_y_pred = adj_S*(-(_c9*(-(_c1) + (label_smoothing)*8.059047775479158 + 1.0000000500000033e-07)) if (x < 1e-07) else (_c9*(-(_c1) + (label_smoothing)*8.059047775479158 - 16.11809565095832) if (x > 0.9999999) else 0.5*_c7**gamma*(-(_c4/x) + (-(_c8) - 2.0)/_c5) + 0.5*_c9*(_c4*_fn.log_f64(x) - (_c6*_fn.log1p_f64(-(x))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 

@@ -710,7 +710,7 @@ def _rows_v1_dense_contig_ser_float32(y_pred_arr, label_smoothing, y_true_arr, g
                 _c2 = _c1*x
                 _c3 = (_c2 < np.float32(1e-07))
                 _c4 = (_c2 > np.float32(0.9999999))
-                v_A_ce = ((_c0)*np.float32(16.11809565095832) if _c3 else ((_c0)*np.float32(1.0000000500000033e-07) if _c4 else -(_c0*_fn.log_f32(_c2))))
+                v_A_ce = ((_c0)*np.float32(16.11809565095832) if _c3 else (np.float32(1.0000000500000033e-07)*_c0 if _c4 else -(_c0*_fn.log_f32(_c2))))
                 v_dsum_A_ce_S_pred = (np.float32(0.0) if (_c3 or _c4) else _c0*_c1)
                 p_A_ce = _add(p_A_ce, v_A_ce)
                 p_dsum_A_ce_S_pred = _add(p_dsum_A_ce_S_pred, v_dsum_A_ce_S_pred)
@@ -772,7 +772,7 @@ def _rows_v1_dense_contig_par_float32(y_pred_arr, label_smoothing, y_true_arr, g
                 _c2 = _c1*x
                 _c3 = (_c2 < np.float32(1e-07))
                 _c4 = (_c2 > np.float32(0.9999999))
-                v_A_ce = ((_c0)*np.float32(16.11809565095832) if _c3 else ((_c0)*np.float32(1.0000000500000033e-07) if _c4 else -(_c0*_fn.log_f32(_c2))))
+                v_A_ce = ((_c0)*np.float32(16.11809565095832) if _c3 else (np.float32(1.0000000500000033e-07)*_c0 if _c4 else -(_c0*_fn.log_f32(_c2))))
                 v_dsum_A_ce_S_pred = (np.float32(0.0) if (_c3 or _c4) else _c0*_c1)
                 p_A_ce = _add(p_A_ce, v_A_ce)
                 p_dsum_A_ce_S_pred = _add(p_dsum_A_ce_S_pred, v_dsum_A_ce_S_pred)
@@ -936,7 +936,7 @@ def _rows_v1_dense_contig_ser_float64(y_pred_arr, label_smoothing, y_true_arr, g
                 _c2 = _c1*x
                 _c3 = (_c2 < 1e-07)
                 _c4 = (_c2 > 0.9999999)
-                v_A_ce = ((_c0)*16.11809565095832 if _c3 else ((_c0)*1.0000000500000033e-07 if _c4 else -(_c0*_fn.log_f64(_c2))))
+                v_A_ce = ((_c0)*16.11809565095832 if _c3 else (1.0000000500000033e-07*_c0 if _c4 else -(_c0*_fn.log_f64(_c2))))
                 v_dsum_A_ce_S_pred = (0.0 if (_c3 or _c4) else _c0*_c1)
                 p_A_ce = _add(p_A_ce, v_A_ce)
                 p_dsum_A_ce_S_pred = _add(p_dsum_A_ce_S_pred, v_dsum_A_ce_S_pred)
@@ -998,7 +998,7 @@ def _rows_v1_dense_contig_par_float64(y_pred_arr, label_smoothing, y_true_arr, g
                 _c2 = _c1*x
                 _c3 = (_c2 < 1e-07)
                 _c4 = (_c2 > 0.9999999)
-                v_A_ce = ((_c0)*16.11809565095832 if _c3 else ((_c0)*1.0000000500000033e-07 if _c4 else -(_c0*_fn.log_f64(_c2))))
+                v_A_ce = ((_c0)*16.11809565095832 if _c3 else (1.0000000500000033e-07*_c0 if _c4 else -(_c0*_fn.log_f64(_c2))))
                 v_dsum_A_ce_S_pred = (0.0 if (_c3 or _c4) else _c0*_c1)
                 p_A_ce = _add(p_A_ce, v_A_ce)
                 p_dsum_A_ce_S_pred = _add(p_dsum_A_ce_S_pred, v_dsum_A_ce_S_pred)

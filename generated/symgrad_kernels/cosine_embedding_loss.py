@@ -197,7 +197,7 @@ def _rows_v0_none_contig_ser_float32(input1_arr, input2_arr, target_arr, margin,
         _c1 = N_1 + np.float32(9.999999960041972e-13)
         _c2 = (np.float32(1.0)/math.sqrt(_c0*_c1))
         _c3 = P*_c2
-        _c4 = (_c3)*np.float32(0.5)
+        _c4 = np.float32(0.5)*_c3
         _c5 = _c4/_c0
         _c6 = (y == np.float32(1.0))
         _c7 = ((y == np.float32(-1.0)) and (_c3 - (margin) >= np.float32(0.0)))
@@ -265,7 +265,7 @@ def _rows_v0_none_contig_par_float32(input1_arr, input2_arr, target_arr, margin,
         _c1 = N_1 + np.float32(9.999999960041972e-13)
         _c2 = (np.float32(1.0)/math.sqrt(_c0*_c1))
         _c3 = P*_c2
-        _c4 = (_c3)*np.float32(0.5)
+        _c4 = np.float32(0.5)*_c3
         _c5 = _c4/_c0
         _c6 = (y == np.float32(1.0))
         _c7 = ((y == np.float32(-1.0)) and (_c3 - (margin) >= np.float32(0.0)))
@@ -451,7 +451,7 @@ def _rows_v0_none_contig_ser_float64(input1_arr, input2_arr, target_arr, margin,
         _c1 = N_1 + 9.999999960041972e-13
         _c2 = (1.0/math.sqrt(_c0*_c1))
         _c3 = P*_c2
-        _c4 = (_c3)*0.5
+        _c4 = 0.5*_c3
         _c5 = _c4/_c0
         _c6 = (y == 1.0)
         _c7 = ((y == -1.0) and (_c3 - (margin) >= 0.0))
@@ -519,7 +519,7 @@ def _rows_v0_none_contig_par_float64(input1_arr, input2_arr, target_arr, margin,
         _c1 = N_1 + 9.999999960041972e-13
         _c2 = (1.0/math.sqrt(_c0*_c1))
         _c3 = P*_c2
-        _c4 = (_c3)*0.5
+        _c4 = 0.5*_c3
         _c5 = _c4/_c0
         _c6 = (y == 1.0)
         _c7 = ((y == -1.0) and (_c3 - (margin) >= 0.0))

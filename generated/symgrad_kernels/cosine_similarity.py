@@ -194,7 +194,7 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
         gr_ = gs[r_ * g_stride]
         _c0 = (np.float32(1.0)/math.sqrt(Q_p))
         _c1 = Q_t**(np.float32(-1.5))
-        _c2 = (P_tp)*np.float32(0.5)
+        _c2 = np.float32(0.5)*P_tp
         _c3 = (Q_p > np.float32(9.999999999999998e-15))
         _c4 = (Q_t > np.float32(9.999999999999998e-15))
         _c5 = (_c3 and _c4)
@@ -261,7 +261,7 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
         gr_ = gs[r_ * g_stride]
         _c0 = (np.float32(1.0)/math.sqrt(Q_p))
         _c1 = Q_t**(np.float32(-1.5))
-        _c2 = (P_tp)*np.float32(0.5)
+        _c2 = np.float32(0.5)*P_tp
         _c3 = (Q_p > np.float32(9.999999999999998e-15))
         _c4 = (Q_t > np.float32(9.999999999999998e-15))
         _c5 = (_c3 and _c4)
@@ -444,7 +444,7 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
         gr_ = gs[r_ * g_stride]
         _c0 = (1.0/math.sqrt(Q_p))
         _c1 = Q_t**(-1.5)
-        _c2 = (P_tp)*0.5
+        _c2 = 0.5*P_tp
         _c3 = (Q_p > 9.999999999999998e-15)
         _c4 = (Q_t > 9.999999999999998e-15)
         _c5 = (_c3 and _c4)
@@ -511,7 +511,7 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
         gr_ = gs[r_ * g_stride]
         _c0 = (1.0/math.sqrt(Q_p))
         _c1 = Q_t**(-1.5)
-        _c2 = (P_tp)*0.5
+        _c2 = 0.5*P_tp
         _c3 = (Q_p > 9.999999999999998e-15)
         _c4 = (Q_t > 9.999999999999998e-15)
         _c5 = (_c3 and _c4)

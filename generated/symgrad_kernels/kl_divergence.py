@@ -137,7 +137,7 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 _c2 = (t > np.float32(1.0))
                 _c3 = (x > np.float32(1.0))
                 _c4 = (np.float32(1.0)/(x))
-                v_S = (np.float32(0.0) if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (np.float32(-1.6118095650958319e-06) if (_c0 and _c3) else (np.float32(-16.11809565095832) if (_c0 and _c2 and _c3) else ((_fn.log_f32((_c4)*np.float32(1e-07)))*np.float32(1e-07) if _c0 else (np.float32(16.11809565095832) if (_c1 and _c2) else (np.float32(0.0) if (_c2 and _c3) else (_fn.log_f32(_c4) if _c2 else (t*_fn.log_f32((t)*np.float32(10000000.0)) if _c1 else (t*_fn.log_f32(t) if _c3 else t*_fn.log_f32(_c4*t))))))))))
+                v_S = (np.float32(0.0) if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (np.float32(-1.6118095650958319e-06) if (_c0 and _c3) else (np.float32(-16.11809565095832) if (_c0 and _c2 and _c3) else (np.float32(1e-07)*_fn.log_f32(np.float32(1e-07)*_c4) if _c0 else (np.float32(16.11809565095832) if (_c1 and _c2) else (np.float32(0.0) if (_c2 and _c3) else (_fn.log_f32(_c4) if _c2 else (t*_fn.log_f32((t)*np.float32(10000000.0)) if _c1 else (t*_fn.log_f32(t) if _c3 else t*_fn.log_f32(_c4*t))))))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -159,7 +159,7 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
             _c3 = (x > np.float32(1.0))
             _c4 = (_c1 or _c3)
             _c5 = (np.float32(1.0)/(x))
-            d_y_pred = adj_S*(np.float32(0.0) if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else ((_c5)*np.float32(-1e-07) if _c0 else (np.float32(0.0) if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (np.float32(0.0) if _c4 else -(_c5*t))))))
+            d_y_pred = adj_S*(np.float32(0.0) if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else (np.float32(-1e-07)*_c5 if _c0 else (np.float32(0.0) if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (np.float32(0.0) if _c4 else -(_c5*t))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -186,7 +186,7 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 _c2 = (t > np.float32(1.0))
                 _c3 = (x > np.float32(1.0))
                 _c4 = (np.float32(1.0)/(x))
-                v_S = (np.float32(0.0) if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (np.float32(-1.6118095650958319e-06) if (_c0 and _c3) else (np.float32(-16.11809565095832) if (_c0 and _c2 and _c3) else ((_fn.log_f32((_c4)*np.float32(1e-07)))*np.float32(1e-07) if _c0 else (np.float32(16.11809565095832) if (_c1 and _c2) else (np.float32(0.0) if (_c2 and _c3) else (_fn.log_f32(_c4) if _c2 else (t*_fn.log_f32((t)*np.float32(10000000.0)) if _c1 else (t*_fn.log_f32(t) if _c3 else t*_fn.log_f32(_c4*t))))))))))
+                v_S = (np.float32(0.0) if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (np.float32(-1.6118095650958319e-06) if (_c0 and _c3) else (np.float32(-16.11809565095832) if (_c0 and _c2 and _c3) else (np.float32(1e-07)*_fn.log_f32(np.float32(1e-07)*_c4) if _c0 else (np.float32(16.11809565095832) if (_c1 and _c2) else (np.float32(0.0) if (_c2 and _c3) else (_fn.log_f32(_c4) if _c2 else (t*_fn.log_f32((t)*np.float32(10000000.0)) if _c1 else (t*_fn.log_f32(t) if _c3 else t*_fn.log_f32(_c4*t))))))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -208,7 +208,7 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
             _c3 = (x > np.float32(1.0))
             _c4 = (_c1 or _c3)
             _c5 = (np.float32(1.0)/(x))
-            d_y_pred = adj_S*(np.float32(0.0) if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else ((_c5)*np.float32(-1e-07) if _c0 else (np.float32(0.0) if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (np.float32(0.0) if _c4 else -(_c5*t))))))
+            d_y_pred = adj_S*(np.float32(0.0) if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else (np.float32(-1e-07)*_c5 if _c0 else (np.float32(0.0) if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (np.float32(0.0) if _c4 else -(_c5*t))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -323,7 +323,7 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 _c2 = (t > 1.0)
                 _c3 = (x > 1.0)
                 _c4 = (1.0/(x))
-                v_S = (0.0 if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (-1.6118095650958319e-06 if (_c0 and _c3) else (-16.11809565095832 if (_c0 and _c2 and _c3) else ((_fn.log_f64((_c4)*1e-07))*1e-07 if _c0 else (16.11809565095832 if (_c1 and _c2) else (0.0 if (_c2 and _c3) else (_fn.log_f64(_c4) if _c2 else (t*_fn.log_f64((t)*10000000.0) if _c1 else (t*_fn.log_f64(t) if _c3 else t*_fn.log_f64(_c4*t))))))))))
+                v_S = (0.0 if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (-1.6118095650958319e-06 if (_c0 and _c3) else (-16.11809565095832 if (_c0 and _c2 and _c3) else (1e-07*_fn.log_f64(1e-07*_c4) if _c0 else (16.11809565095832 if (_c1 and _c2) else (0.0 if (_c2 and _c3) else (_fn.log_f64(_c4) if _c2 else (t*_fn.log_f64((t)*10000000.0) if _c1 else (t*_fn.log_f64(t) if _c3 else t*_fn.log_f64(_c4*t))))))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -345,7 +345,7 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
             _c3 = (x > 1.0)
             _c4 = (_c1 or _c3)
             _c5 = (1.0/(x))
-            d_y_pred = adj_S*(0.0 if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else ((_c5)*-1e-07 if _c0 else (0.0 if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (0.0 if _c4 else -(_c5*t))))))
+            d_y_pred = adj_S*(0.0 if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else (-1e-07*_c5 if _c0 else (0.0 if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (0.0 if _c4 else -(_c5*t))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 
@@ -372,7 +372,7 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 _c2 = (t > 1.0)
                 _c3 = (x > 1.0)
                 _c4 = (1.0/(x))
-                v_S = (0.0 if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (-1.6118095650958319e-06 if (_c0 and _c3) else (-16.11809565095832 if (_c0 and _c2 and _c3) else ((_fn.log_f64((_c4)*1e-07))*1e-07 if _c0 else (16.11809565095832 if (_c1 and _c2) else (0.0 if (_c2 and _c3) else (_fn.log_f64(_c4) if _c2 else (t*_fn.log_f64((t)*10000000.0) if _c1 else (t*_fn.log_f64(t) if _c3 else t*_fn.log_f64(_c4*t))))))))))
+                v_S = (0.0 if (_c0 and _c1 and (_c0 or _c1) and (_c0 or _c2) and (_c1 or _c2)) else (-1.6118095650958319e-06 if (_c0 and _c3) else (-16.11809565095832 if (_c0 and _c2 and _c3) else (1e-07*_fn.log_f64(1e-07*_c4) if _c0 else (16.11809565095832 if (_c1 and _c2) else (0.0 if (_c2 and _c3) else (_fn.log_f64(_c4) if _c2 else (t*_fn.log_f64((t)*10000000.0) if _c1 else (t*_fn.log_f64(t) if _c3 else t*_fn.log_f64(_c4*t))))))))))
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -394,7 +394,7 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
             _c3 = (x > 1.0)
             _c4 = (_c1 or _c3)
             _c5 = (1.0/(x))
-            d_y_pred = adj_S*(0.0 if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else ((_c5)*-1e-07 if _c0 else (0.0 if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (0.0 if _c4 else -(_c5*t))))))
+            d_y_pred = adj_S*(0.0 if (_c0 and _c4 and (_c0 or _c1) and (_c0 or _c2) and (_c0 or _c3) and (_c0 or _c1 or _c2) and (_c0 or _c1 or _c3) and (_c0 or _c2 or _c3) and (_c1 or _c2 or _c3) and (_c0 or _c1 or _c2 or _c3)) else (-1e-07*_c5 if _c0 else (0.0 if (_c2 and _c4 and (_c1 or _c2) and (_c2 or _c3)) else (-(_c5) if _c2 else (0.0 if _c4 else -(_c5*t))))))
             out_y_pred[o_, j_] = d_y_pred
     return total_, weight_
 

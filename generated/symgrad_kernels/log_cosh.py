@@ -113,7 +113,7 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 x = y_pred_arr[o_, np.uint64(j_)]
                 t = y_true_arr[o_, np.uint64(j_)]
                 _c0 = t - (x)
-                v_S = -(_c0) + _fn.softplus_f32((_c0)*np.float32(2.0)) - (_fn.log_f32(np.float32(2.0)))
+                v_S = -(_c0) + _fn.softplus_f32((_c0)*np.float32(2.0)) + np.float32(-0.6931471805599453)
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -152,7 +152,7 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 x = y_pred_arr[o_, np.uint64(j_)]
                 t = y_true_arr[o_, np.uint64(j_)]
                 _c0 = t - (x)
-                v_S = -(_c0) + _fn.softplus_f32((_c0)*np.float32(2.0)) - (_fn.log_f32(np.float32(2.0)))
+                v_S = -(_c0) + _fn.softplus_f32((_c0)*np.float32(2.0)) + np.float32(-0.6931471805599453)
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float32(acc_S)
@@ -259,7 +259,7 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 x = y_pred_arr[o_, np.uint64(j_)]
                 t = y_true_arr[o_, np.uint64(j_)]
                 _c0 = t - (x)
-                v_S = -(_c0) + _fn.softplus_f64((_c0)*2.0) - (_fn.log_f64(2.0))
+                v_S = -(_c0) + _fn.softplus_f64((_c0)*2.0) - 0.6931471805599453
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)
@@ -298,7 +298,7 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 x = y_pred_arr[o_, np.uint64(j_)]
                 t = y_true_arr[o_, np.uint64(j_)]
                 _c0 = t - (x)
-                v_S = -(_c0) + _fn.softplus_f64((_c0)*2.0) - (_fn.log_f64(2.0))
+                v_S = -(_c0) + _fn.softplus_f64((_c0)*2.0) - 0.6931471805599453
                 p_S = _add(p_S, v_S)
             acc_S += np.float64(p_S)
         S = np.float64(acc_S)

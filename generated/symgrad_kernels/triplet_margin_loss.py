@@ -251,7 +251,7 @@ def _rows_v0_none_contig_ser_float32(anchor_arr, positive_arr, negative_arr, mar
         _c6 = (_c1 < _c5)
         _c7 = (_c1 == _c5)
         _c8 = _c3 - (_c5)
-        l = (_c4 if (_c6 and (_c4 >= np.float32(0.0))) else (np.float32(0.0) if _c6 else ((_c1)*np.float32(-0.5) + _c2 + (_c5)*np.float32(-0.5) + margin if (_c7 and (_c1 + (_c2)*np.float32(-2.0) + _c5 + (margin)*np.float32(-2.0) <= np.float32(0.0))) else (np.float32(0.0) if _c7 else (_c8 if (_c8 >= np.float32(0.0)) else np.float32(0.0))))))
+        l = (_c4 if (_c6 and (_c4 >= np.float32(0.0))) else (np.float32(0.0) if _c6 else (np.float32(-0.5)*_c1 + _c2 + np.float32(-0.5)*_c5 + margin if (_c7 and (_c1 + (_c2)*np.float32(-2.0) + _c5 + (margin)*np.float32(-2.0) <= np.float32(0.0))) else (np.float32(0.0) if _c7 else (_c8 if (_c8 >= np.float32(0.0)) else np.float32(0.0))))))
         mw_ = np.float32(1.0)
         if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
             l = np.float32(np.nan)
@@ -275,8 +275,8 @@ def _rows_v0_none_contig_ser_float32(anchor_arr, positive_arr, negative_arr, mar
         _c11 = _c0*_c1/D_an
         _c12 = (_c3 and _c6)
         _c13 = _c0*_c4/D_ap
-        adj_D_pn = gr_*(np.float32(0.0) if (_c3 and (_c3 or _c6)) else ((_c7)*np.float32(-0.5) if _c9 else (np.float32(0.0) if _c8 else (-(_c7) if _c10 else np.float32(0.0)))))
-        adj_D_an = gr_*(-(_c11) if _c12 else (np.float32(0.0) if _c3 else ((_c11)*np.float32(-0.5) if _c9 else np.float32(0.0))))
+        adj_D_pn = gr_*(np.float32(0.0) if (_c3 and (_c3 or _c6)) else (np.float32(-0.5)*_c7 if _c9 else (np.float32(0.0) if _c8 else (-(_c7) if _c10 else np.float32(0.0)))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (np.float32(0.0) if _c3 else (np.float32(-0.5)*_c11 if _c9 else np.float32(0.0))))
         adj_D_ap = gr_*(_c13 if _c12 else (np.float32(0.0) if _c3 else (_c13 if _c9 else (np.float32(0.0) if _c8 else (_c13 if _c10 else np.float32(0.0))))))
         for j_ in range(n_):
             x = anchor_arr[o_, np.uint64(j_)]
@@ -346,7 +346,7 @@ def _rows_v0_none_contig_par_float32(anchor_arr, positive_arr, negative_arr, mar
         _c6 = (_c1 < _c5)
         _c7 = (_c1 == _c5)
         _c8 = _c3 - (_c5)
-        l = (_c4 if (_c6 and (_c4 >= np.float32(0.0))) else (np.float32(0.0) if _c6 else ((_c1)*np.float32(-0.5) + _c2 + (_c5)*np.float32(-0.5) + margin if (_c7 and (_c1 + (_c2)*np.float32(-2.0) + _c5 + (margin)*np.float32(-2.0) <= np.float32(0.0))) else (np.float32(0.0) if _c7 else (_c8 if (_c8 >= np.float32(0.0)) else np.float32(0.0))))))
+        l = (_c4 if (_c6 and (_c4 >= np.float32(0.0))) else (np.float32(0.0) if _c6 else (np.float32(-0.5)*_c1 + _c2 + np.float32(-0.5)*_c5 + margin if (_c7 and (_c1 + (_c2)*np.float32(-2.0) + _c5 + (margin)*np.float32(-2.0) <= np.float32(0.0))) else (np.float32(0.0) if _c7 else (_c8 if (_c8 >= np.float32(0.0)) else np.float32(0.0))))))
         mw_ = np.float32(1.0)
         if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
             l = np.float32(np.nan)
@@ -370,8 +370,8 @@ def _rows_v0_none_contig_par_float32(anchor_arr, positive_arr, negative_arr, mar
         _c11 = _c0*_c1/D_an
         _c12 = (_c3 and _c6)
         _c13 = _c0*_c4/D_ap
-        adj_D_pn = gr_*(np.float32(0.0) if (_c3 and (_c3 or _c6)) else ((_c7)*np.float32(-0.5) if _c9 else (np.float32(0.0) if _c8 else (-(_c7) if _c10 else np.float32(0.0)))))
-        adj_D_an = gr_*(-(_c11) if _c12 else (np.float32(0.0) if _c3 else ((_c11)*np.float32(-0.5) if _c9 else np.float32(0.0))))
+        adj_D_pn = gr_*(np.float32(0.0) if (_c3 and (_c3 or _c6)) else (np.float32(-0.5)*_c7 if _c9 else (np.float32(0.0) if _c8 else (-(_c7) if _c10 else np.float32(0.0)))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (np.float32(0.0) if _c3 else (np.float32(-0.5)*_c11 if _c9 else np.float32(0.0))))
         adj_D_ap = gr_*(_c13 if _c12 else (np.float32(0.0) if _c3 else (_c13 if _c9 else (np.float32(0.0) if _c8 else (_c13 if _c10 else np.float32(0.0))))))
         for j_ in range(n_):
             x = anchor_arr[o_, np.uint64(j_)]
@@ -613,7 +613,7 @@ def _rows_v0_none_contig_ser_float64(anchor_arr, positive_arr, negative_arr, mar
         _c6 = (_c1 < _c5)
         _c7 = (_c1 == _c5)
         _c8 = _c3 - (_c5)
-        l = (_c4 if (_c6 and (_c4 >= 0.0)) else (0.0 if _c6 else ((_c1)*-0.5 + _c2 + (_c5)*-0.5 + margin if (_c7 and (_c1 + (_c2)*-2.0 + _c5 + (margin)*-2.0 <= 0.0)) else (0.0 if _c7 else (_c8 if (_c8 >= 0.0) else 0.0)))))
+        l = (_c4 if (_c6 and (_c4 >= 0.0)) else (0.0 if _c6 else (-0.5*_c1 + _c2 - 0.5*_c5 + margin if (_c7 and (_c1 + (_c2)*-2.0 + _c5 + (margin)*-2.0 <= 0.0)) else (0.0 if _c7 else (_c8 if (_c8 >= 0.0) else 0.0)))))
         mw_ = 1.0
         if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
             l = np.float64(np.nan)
@@ -637,8 +637,8 @@ def _rows_v0_none_contig_ser_float64(anchor_arr, positive_arr, negative_arr, mar
         _c11 = _c0*_c1/D_an
         _c12 = (_c3 and _c6)
         _c13 = _c0*_c4/D_ap
-        adj_D_pn = gr_*(0.0 if (_c3 and (_c3 or _c6)) else ((_c7)*-0.5 if _c9 else (0.0 if _c8 else (-(_c7) if _c10 else 0.0))))
-        adj_D_an = gr_*(-(_c11) if _c12 else (0.0 if _c3 else ((_c11)*-0.5 if _c9 else 0.0)))
+        adj_D_pn = gr_*(0.0 if (_c3 and (_c3 or _c6)) else (-0.5*_c7 if _c9 else (0.0 if _c8 else (-(_c7) if _c10 else 0.0))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (0.0 if _c3 else (-0.5*_c11 if _c9 else 0.0)))
         adj_D_ap = gr_*(_c13 if _c12 else (0.0 if _c3 else (_c13 if _c9 else (0.0 if _c8 else (_c13 if _c10 else 0.0)))))
         for j_ in range(n_):
             x = anchor_arr[o_, np.uint64(j_)]
@@ -708,7 +708,7 @@ def _rows_v0_none_contig_par_float64(anchor_arr, positive_arr, negative_arr, mar
         _c6 = (_c1 < _c5)
         _c7 = (_c1 == _c5)
         _c8 = _c3 - (_c5)
-        l = (_c4 if (_c6 and (_c4 >= 0.0)) else (0.0 if _c6 else ((_c1)*-0.5 + _c2 + (_c5)*-0.5 + margin if (_c7 and (_c1 + (_c2)*-2.0 + _c5 + (margin)*-2.0 <= 0.0)) else (0.0 if _c7 else (_c8 if (_c8 >= 0.0) else 0.0)))))
+        l = (_c4 if (_c6 and (_c4 >= 0.0)) else (0.0 if _c6 else (-0.5*_c1 + _c2 - 0.5*_c5 + margin if (_c7 and (_c1 + (_c2)*-2.0 + _c5 + (margin)*-2.0 <= 0.0)) else (0.0 if _c7 else (_c8 if (_c8 >= 0.0) else 0.0)))))
         mw_ = 1.0
         if D_ap != D_ap or D_an != D_an or D_pn != D_pn:  # branches compare false on nan: keep it
             l = np.float64(np.nan)
@@ -732,8 +732,8 @@ def _rows_v0_none_contig_par_float64(anchor_arr, positive_arr, negative_arr, mar
         _c11 = _c0*_c1/D_an
         _c12 = (_c3 and _c6)
         _c13 = _c0*_c4/D_ap
-        adj_D_pn = gr_*(0.0 if (_c3 and (_c3 or _c6)) else ((_c7)*-0.5 if _c9 else (0.0 if _c8 else (-(_c7) if _c10 else 0.0))))
-        adj_D_an = gr_*(-(_c11) if _c12 else (0.0 if _c3 else ((_c11)*-0.5 if _c9 else 0.0)))
+        adj_D_pn = gr_*(0.0 if (_c3 and (_c3 or _c6)) else (-0.5*_c7 if _c9 else (0.0 if _c8 else (-(_c7) if _c10 else 0.0))))
+        adj_D_an = gr_*(-(_c11) if _c12 else (0.0 if _c3 else (-0.5*_c11 if _c9 else 0.0)))
         adj_D_ap = gr_*(_c13 if _c12 else (0.0 if _c3 else (_c13 if _c9 else (0.0 if _c8 else (_c13 if _c10 else 0.0)))))
         for j_ in range(n_):
             x = anchor_arr[o_, np.uint64(j_)]
