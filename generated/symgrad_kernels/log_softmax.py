@@ -85,15 +85,23 @@ def _forward_ser_float32(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -107,6 +115,8 @@ def _forward_ser_float32(xs, out):
         ls = _fn.log1p_f32(np.float32(rest))
         for j in range(n):
             xm = np.float32(1.0) * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float32(0.0) if np.float32(1.0) * x[j] == m else np.float32(-np.inf)
             y = -(ls) + xm
             row[j] = y
 
@@ -132,15 +142,23 @@ def _forward_par_float32(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -154,6 +172,8 @@ def _forward_par_float32(xs, out):
         ls = _fn.log1p_f32(np.float32(rest))
         for j in range(n):
             xm = np.float32(1.0) * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float32(0.0) if np.float32(1.0) * x[j] == m else np.float32(-np.inf)
             y = -(ls) + xm
             row[j] = y
 
@@ -215,15 +235,23 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -240,6 +268,8 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
         rs = np.float32(1.0) / np.float32(total)
         for j in range(n):
             xm = np.float32(1.0) * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float32(0.0) if np.float32(1.0) * x[j] == m else np.float32(-np.inf)
             y = -(ls) + xm
             gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
@@ -277,15 +307,23 @@ def _forward_backward_par_float32(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -302,6 +340,8 @@ def _forward_backward_par_float32(xs, gs, out, grad):
         rs = np.float32(1.0) / np.float32(total)
         for j in range(n):
             xm = np.float32(1.0) * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float32(0.0) if np.float32(1.0) * x[j] == m else np.float32(-np.inf)
             y = -(ls) + xm
             gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
@@ -343,15 +383,23 @@ def _forward_ser_float64(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = 1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = 1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = 1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -365,6 +413,8 @@ def _forward_ser_float64(xs, out):
         ls = _fn.log1p_f64(np.float64(rest))
         for j in range(n):
             xm = 1.0 * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float64(0.0) if 1.0 * x[j] == m else np.float64(-np.inf)
             y = -(ls) + xm
             row[j] = y
 
@@ -390,15 +440,23 @@ def _forward_par_float64(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = 1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = 1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = 1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -412,6 +470,8 @@ def _forward_par_float64(xs, out):
         ls = _fn.log1p_f64(np.float64(rest))
         for j in range(n):
             xm = 1.0 * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float64(0.0) if 1.0 * x[j] == m else np.float64(-np.inf)
             y = -(ls) + xm
             row[j] = y
 
@@ -473,15 +533,23 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = 1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = 1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = 1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -498,6 +566,8 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
         rs = np.float64(1.0) / np.float64(total)
         for j in range(n):
             xm = 1.0 * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float64(0.0) if 1.0 * x[j] == m else np.float64(-np.inf)
             y = -(ls) + xm
             gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y
@@ -535,15 +605,23 @@ def _forward_backward_par_float64(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = 1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = 1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = 1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -560,6 +638,8 @@ def _forward_backward_par_float64(xs, gs, out, grad):
         rs = np.float64(1.0) / np.float64(total)
         for j in range(n):
             xm = 1.0 * x[j] - m
+            if m == np.inf:  # the +inf row above: x - m is 0 on the infinite entries
+                xm = np.float64(0.0) if 1.0 * x[j] == m else np.float64(-np.inf)
             y = -(ls) + xm
             gx[j] = row[j] * rs  # softmax = e / sum, read back by the gradient pass for exp(y)
             row[j] = y

@@ -85,15 +85,23 @@ def _forward_ser_float32(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(-1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(-1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(-1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -130,15 +138,23 @@ def _forward_par_float32(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(-1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(-1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(-1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -211,15 +227,23 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(-1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(-1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(-1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -269,15 +293,23 @@ def _forward_backward_par_float32(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = np.float32(-1.0) * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f32(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = np.float32(-1.0) * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = np.float32(-1.0) * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f32(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -331,15 +363,23 @@ def _forward_ser_float64(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = -1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = -1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = -1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -376,15 +416,23 @@ def _forward_par_float64(xs, out):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = -1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = -1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = -1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -457,15 +505,23 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = -1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = -1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = -1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
@@ -515,15 +571,23 @@ def _forward_backward_par_float64(xs, gs, out, grad):
         m01 = m0 if m0 > m1 else m1
         m23 = m2 if m2 > m3 else m3
         m = m01 if m01 > m23 else m23
-        for j in range(n):
-            # exp(v - m) from the rounded difference d and its exact rounding error (TwoSum):
-            # e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding of d by |d|.
-            v = -1.0 * x[j]
-            d = v - m
-            vd = d - v
-            err = (v - (d - vd)) + (-m - vd)
-            p = _fn.exp_f64(d)
-            row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        if m == np.inf:
+            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
+            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+            for j in range(n):
+                v = -1.0 * x[j]
+                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
+        else:
+            for j in range(n):
+                # exp(v - m) from the rounded difference d and its exact rounding error
+                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
+                # of d by |d|.
+                v = -1.0 * x[j]
+                d = v - m
+                vd = d - v
+                err = (v - (d - vd)) + (-m - vd)
+                p = _fn.exp_f64(d)
+                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
         total = _row_sum(row, n)
         rest = total - 1.0
         if total < 2.0:
