@@ -206,3 +206,24 @@ def test_printer_names_a_repeated_call_inside_a_power():
     assert sum(line.count("tanh_f32") for line in lines) == 1, lines
     lines, _ = print_block({"y": sp.Piecewise((sp.log(x) ** 2, x > 0), (x, True))}, "float64")
     assert len(lines) == 1 and lines[0].count("log_f64") == 2, lines
+
+
+def test_spec_rewrites_field_reaches_the_kernel_forms_and_is_validated():
+    """OpSpec.rewrites names extra rewrites: the elementwise kernel forms get them (here the
+    opt-in exp guard of an elu-like branch), and a typo fails when the spec is built."""
+    from symgrad.derive import derive
+    from symgrad.spec import Elementwise, SpecError, X
+
+    formula = sp.Piecewise((X, X > 0), (sp.exp(X) - 1, True))
+    plain = derive(Elementwise(name="elu_plain", family="activation", summary="t",
+                               forward=formula))
+    guarded = derive(Elementwise(name="elu_guarded", family="activation", summary="t",
+                                 forward=formula, rewrites=["branch_exp_guard"]))
+    assert not plain.forward.has(sp.Min)
+    assert guarded.forward.has(sp.Min) and guarded.grad_x.has(sp.Min)
+    assert guarded.spec.rewrites == ("branch_exp_guard",)
+    with pytest.raises(SpecError, match="unknown rewrite 'nope'"):
+        Elementwise(name="bad", family="activation", summary="t", forward=X, rewrites=("nope",))
+    with pytest.raises(SpecError, match="not a list of names"):
+        Elementwise(name="bad", family="activation", summary="t", forward=X,
+                    rewrites="branch_exp_guard")
