@@ -226,6 +226,50 @@ def fold_constants(expr: sp.Expr) -> sp.Expr:
     return expr.replace(_is_constant, lambda e: sp.Float(e.evalf(40), 40))
 
 
+def _small_power(e: sp.Basic) -> bool:
+    return isinstance(e, sp.Pow) and e.exp.is_Integer and 2 <= abs(int(e.exp)) <= 4
+
+
+def share_power_bases(temps: list[tuple[sp.Symbol, sp.Expr]], reduced: list[sp.Expr]
+                      ) -> tuple[list[tuple[sp.Symbol, sp.Expr]], list[sp.Expr]]:
+    """Name the base of every small integer power that is not a plain symbol.
+
+    The printer writes b**2 as b*b, and CSE leaves a base that occurs once unnamed: tanh(x)**2
+    would print as two tanh calls, which LLVM does not merge (the vecmath functions are not
+    known to be pure once inlined into a vector loop). Bases inside a Piecewise stay where
+    they are: hoisting them would evaluate a branch's work where the branch is not taken.
+    """
+    names = sp.numbered_symbols("_p")
+    shared: dict[sp.Expr, sp.Symbol] = {}
+    new_temps: list[tuple[sp.Symbol, sp.Expr]] = []
+
+    def visit(e: sp.Basic) -> sp.Basic:
+        if e.is_Atom or isinstance(e, sp.Piecewise) or not e.args:
+            return e
+        args = tuple(visit(a) for a in e.args)
+        # Unevaluated: Mul(2, x - 1) would otherwise distribute into 2x - 2.
+        out = e if args == e.args else e.func(*args, evaluate=False)
+        if _small_power(out) and not out.base.is_Atom:
+            sym = shared.get(out.base)
+            if sym is None:
+                sym = shared[out.base] = next(names)
+                new_temps.append((sym, out.base))
+            out = sp.Pow(sym, out.exp, evaluate=False)
+        return out
+
+    temps_out: list[tuple[sp.Symbol, sp.Expr]] = []
+    for sym, expr in temps:
+        expr = visit(expr)
+        temps_out += new_temps + [(sym, expr)]
+        new_temps.clear()
+    reduced_out = []
+    for expr in reduced:
+        reduced_out.append(visit(expr))
+        temps_out += new_temps
+        new_temps.clear()
+    return temps_out, reduced_out
+
+
 def print_block(outputs: dict[str, sp.Expr], dtype: str, indent: int = 4,
                 helper_module: str = "_fn") -> tuple[list[str], int]:
     """Statements assigning each output, with common subexpressions shared.
@@ -236,6 +280,7 @@ def print_block(outputs: dict[str, sp.Expr], dtype: str, indent: int = 4,
     names = list(outputs)
     values = [fold_constants(sp.sympify(v)) for v in outputs.values()]
     temps, reduced = sp.cse(values, symbols=sp.numbered_symbols("_c"), optimizations="basic")
+    temps, reduced = share_power_bases(temps, reduced)
     pad = " " * indent
     lines = [f"{pad}{sym.name} = {printer.doprint(expr)}" for sym, expr in temps]
     lines += [f"{pad}{name} = {printer.doprint(expr)}" for name, expr in

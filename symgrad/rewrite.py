@@ -596,15 +596,15 @@ _register(Rewrite(
 # Applied to every kernel expression, in this order (see stabilize). Library functions come first
 # so that log1p/expm1 never see the overflow-prone log(1 + e^u).
 DEFAULT: tuple[str, ...] = (
-    "sigmoid", "tanh", "softplus", "logsumexp", "one_minus_sigmoid", "logsigmoid",
+    "sigmoid", "tanh", "sech_squared", "softplus", "logsumexp", "one_minus_sigmoid", "logsigmoid",
     "one_plus_tanh", "erfc", "rational_cancel", "expm1", "log1p", "common_factor",
 )
 # Opt-in only: they change the printed form of forms that are already safe in branching code.
-# sech_squared is opt-in until the printer multiplies a product's numeric coefficient last: CSE
-# turns σ·(4 - 4σ) into -4·σ·(σ - 1), and in mish' = x·sech²(softplus x)·σ(x) + ... the kernel
-# then evaluates -4·0.5·x first, which overflows for |x| > max/2 where the result is finite.
+# (sech_squared joined the default chain once the printer multiplied a product's numeric
+# coefficient of size >= 1 last: CSE writes σ·(4 - 4σ) as -4·σ·(σ - 1), and mish' must not
+# evaluate -4·x first, which overflows for |x| > max/4 where the result is finite.)
 OPT_IN: tuple[str, ...] = ("branch_exp_guard", "bce_with_logits", "softplus_max_form",
-                           "log_one_minus_sigmoid", "sech_squared")
+                           "log_one_minus_sigmoid")
 # What the mpmath references of symgrad.accuracy add, so that 50 digits stay 50 digits whatever
 # the default chain holds: mpmath has erfc, and constants in products do not overflow there.
 REFERENCE_EXTRA: tuple[str, ...] = ("erfc", "sech_squared")

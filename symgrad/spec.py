@@ -155,6 +155,9 @@ class OpSpec:
     latex_name: str = ""
     # (condition over the parameters, message as torch words it): checked by the wrapper.
     constraints: tuple[tuple[sp.Basic, str], ...] = ()
+    # Stability rewrites beyond the default chain (symgrad/rewrite.py, e.g. its OPT_IN ones),
+    # applied to the kernel forms; the derivation proves the result equal all the same.
+    rewrites: tuple[str, ...] = ()
 
     kind: ClassVar[str] = ""
     formula_symbols: ClassVar[frozenset[sp.Symbol]] = frozenset()
@@ -185,7 +188,20 @@ class OpSpec:
             if not condition.free_symbols <= names | self.allowed_symbols():
                 raise _fail(self.name, "constraints", f"{condition} uses unknown symbols",
                             "write constraints over the op's parameters")
+        self._check_rewrites()
         self._check_formulas()
+
+    def _check_rewrites(self) -> None:
+        from symgrad.rewrite import REWRITES  # here: the rewrites import the library functions
+
+        if isinstance(self.rewrites, str) or not all(isinstance(r, str) for r in self.rewrites):
+            raise _fail(self.name, "rewrites", f"{self.rewrites!r} is not a list of names",
+                        "give a tuple of rewrite names, e.g. ('branch_exp_guard',)")
+        object.__setattr__(self, "rewrites", tuple(self.rewrites))  # hashable, like the rest
+        for name in self.rewrites:
+            if name not in REWRITES:
+                raise _fail(self.name, "rewrites", f"unknown rewrite {name!r}",
+                            f"use one of {', '.join(REWRITES)}")
 
     # -- helpers for subclasses ------------------------------------------------------------------
     @property

@@ -177,3 +177,53 @@ def test_rewrites_leave_safe_forms_alone():
         assert stabilize(expr) == expr, expr
     once = stabilize(sp.diff(x * sp.tanh(sp.log(1 + sp.exp(x))), x))
     assert stabilize(once) == once
+
+
+def test_default_chain_makes_tanh_backward_stable():
+    """sech_squared is in the default chain: tanh' from x is 4e^(-2|x|) where 1 - tanh² is 0."""
+    grad = stabilize(sp.diff(sp.tanh(x), x))
+    assert not grad.has(sp.tanh), grad
+    from symgrad_kernels import tanh as k
+
+    for dtype, points in (("float32", (10.0, -20.0, 40.0)), ("float64", (20.0, -50.0, 300.0))):
+        xs = np.array(points, dtype=dtype)
+        got = k.tanh_backward(np.ones_like(xs), x=xs)
+        naive = 1 - np.tanh(xs) ** 2
+        for xi, gi, ni in zip(points, got, naive, strict=True):
+            with mpmath.workdps(50):
+                want = float(1 / mpmath.cosh(xi) ** 2)
+            assert ni == 0.0  # the hazard: tanh rounds to ±1
+            assert abs(gi - want) <= 4 * np.spacing(np.array(want, dtype=dtype)), (dtype, xi)
+
+
+def test_printer_names_a_repeated_call_inside_a_power():
+    """tanh(x)**2 prints as one tanh call squared (LLVM does not merge the two calls), but a
+    base inside a Piecewise branch stays there (only the taken branch is evaluated)."""
+    from symgrad.printer import print_block
+
+    g = sp.Symbol("g", real=True)
+    lines, _ = print_block({"gx": g * (1 - sp.tanh(x) ** 2)}, "float32")
+    assert sum(line.count("tanh_f32") for line in lines) == 1, lines
+    lines, _ = print_block({"y": sp.Piecewise((sp.log(x) ** 2, x > 0), (x, True))}, "float64")
+    assert len(lines) == 1 and lines[0].count("log_f64") == 2, lines
+
+
+def test_spec_rewrites_field_reaches_the_kernel_forms_and_is_validated():
+    """OpSpec.rewrites names extra rewrites: the elementwise kernel forms get them (here the
+    opt-in exp guard of an elu-like branch), and a typo fails when the spec is built."""
+    from symgrad.derive import derive
+    from symgrad.spec import Elementwise, SpecError, X
+
+    formula = sp.Piecewise((X, X > 0), (sp.exp(X) - 1, True))
+    plain = derive(Elementwise(name="elu_plain", family="activation", summary="t",
+                               forward=formula))
+    guarded = derive(Elementwise(name="elu_guarded", family="activation", summary="t",
+                                 forward=formula, rewrites=["branch_exp_guard"]))
+    assert not plain.forward.has(sp.Min)
+    assert guarded.forward.has(sp.Min) and guarded.grad_x.has(sp.Min)
+    assert guarded.spec.rewrites == ("branch_exp_guard",)
+    with pytest.raises(SpecError, match="unknown rewrite 'nope'"):
+        Elementwise(name="bad", family="activation", summary="t", forward=X, rewrites=("nope",))
+    with pytest.raises(SpecError, match="not a list of names"):
+        Elementwise(name="bad", family="activation", summary="t", forward=X,
+                    rewrites="branch_exp_guard")

@@ -694,11 +694,11 @@ def erfc_f64(x):
 def sigmoid_f32(x):
     """Logistic 1 / (1 + e^-x), float32, stable for both signs; sigmoid(-inf) = 0."""
     x = np.float32(x)
-    # e = e^-|x| <= 1 never overflows.  Beyond 30 the result rounds to 1 and below
-    # -104 to 0: those lanes compute harmless values (no slow subnormal products)
+    # e = e^-|x| <= 1 never overflows.  Everything up to e's pieces depends on |x| only,
+    # so that sigmoid(x) * sigmoid(-x) in one loop shares it after inlining (one exp, not
+    # two: LLVM folds abs(-x) to abs(x)).  Beyond +-104 (nan too) the lanes compute at 0
     # and get their result from the selects at the end.
     a = abs(x)
-    a = a if a < _F(30.0) or x < _F(0.0) else _F(30.0)  # nan -> 30, restored at the end
     a = a if a < _F(104.0) else _F(0.0)
     n, r1, c = _exp_reduce_f32(-a)
     # e = (ph + pl) 2^n carried unrounded: rounding e first would cost up to 1 ULP
@@ -706,19 +706,21 @@ def sigmoid_f32(x):
     d = min(n + 125, 0)  # 2^n = 2^(n-d) 2^d, see _scaled_exp_f32
     s1 = _pow2_f32(n - d)
     s2 = _pow2_f32(d)
-    # for the correction terms only: 2^max(n, -60) keeps them clear of underflow,
-    # they are negligible once e < 2^-60
+    # sc = 2^max(n, -60): the correction terms, and e itself where x >= 0, stay clear of
+    # (slow) subnormals; where n < -60 both are far below an ULP of 1 + e and the result
+    # rounds to 1 either way
     sc = _pow2_f32(max(n, -60))
-    eh = ph * s1 * s2
+    pos = x >= _F(0.0)
+    eh = ph * (sc if pos else s1) * (_F(1.0) if pos else s2)
     hi = _F(1.0) + eh
     lo = ((_F(1.0) - hi) + eh) + pl * sc  # 1 + e = hi + lo
-    pos = x >= _F(0.0)
     # x >= 0: 1/(1+e) = q - q*q*lo with q = 1/hi.
     # x < 0: e/(1+e) = 2^n (q + (pl - q*lo)/hi) with q = ph/hi and 1/hi = 1 - q*2^n.
     q = (_F(1.0) if pos else ph) / hi
     corr = ((_F(0.0) if pos else pl) - q * lo) * (q if pos else _F(1.0) - q * sc)
     res = (q + corr) * (_F(1.0) if pos else s1) * (_F(1.0) if pos else s2)
     res = res if x > _F(-104.0) else _F(0.0)
+    res = res if x < _F(104.0) else _F(1.0)
     return x if x != x else res
 
 
@@ -726,8 +728,7 @@ def sigmoid_f32(x):
 def sigmoid_f64(x):
     """Logistic 1 / (1 + e^-x), float64, stable for both signs; sigmoid(-inf) = 0."""
     x = np.float64(x)
-    a = abs(x)
-    a = a if a < 40.0 or x < 0.0 else 40.0
+    a = abs(x)  # as sigmoid_f32: e's pieces depend on |x| only
     a = a if a < 746.0 else 0.0
     n, r1, c = _exp_reduce_f64(-a)
     ph, pl = _exp_pair_f64(1.0, r1, c)
@@ -735,12 +736,13 @@ def sigmoid_f64(x):
     s1 = _pow2_f64(n - d)
     s2 = _pow2_f64(d)
     sc = _pow2_f64(max(n, -600))
-    eh = ph * s1 * s2
+    pos = x >= 0.0
+    eh = ph * (sc if pos else s1) * (1.0 if pos else s2)
     hi = 1.0 + eh
     lo = ((1.0 - hi) + eh) + pl * sc
-    pos = x >= 0.0
     q = (1.0 if pos else ph) / hi
     corr = ((0.0 if pos else pl) - q * lo) * (q if pos else 1.0 - q * sc)
     res = (q + corr) * (1.0 if pos else s1) * (1.0 if pos else s2)
     res = res if x > -746.0 else 0.0
+    res = res if x < 746.0 else 1.0
     return x if x != x else res
