@@ -357,3 +357,38 @@ def test_row_loss_parallel_kernels_match_torch(dtype, name):
         loss, grad = f(xs, ts)
         assert_close(np.asarray(loss), lt.detach().numpy(), dtype, f"{name} loss")
         assert_close(grad, xt.grad.numpy(), dtype, f"{name} grad")
+
+
+# ------------------------------------------------------------------- pointwise-loss layouts
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [4097, 40_000])  # a partial last block; the prange kernels
+@pytest.mark.parametrize("layout", ["unit", "hoisted", "general"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_pointwise_loss_loop_layouts_against_torch(layout, reduction, n, dtype):
+    """mse_loss through each of its kernel's loops: every operand at unit stride (a weight
+    array), the default weight read once before the loop, and the general loop (a target of one
+    element, at stride 0); for 'none' grad_output both as an array and as one number."""
+    from symgrad_kernels import mse_loss_forward, mse_loss_forward_backward
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n).astype(dtype)
+    t = rng.normal(size=1 if layout == "general" else n).astype(dtype)
+    w = rng.uniform(0.5, 2, n).astype(dtype) if layout == "unit" else None
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    per = (xt - torch.tensor(t, dtype=torch.float64)) ** 2
+    if w is not None:
+        per = per * torch.tensor(w, dtype=torch.float64)
+    denominator = float(w.astype(np.float64).sum()) if w is not None else n
+    ref = {"none": per, "sum": per.sum(), "mean": per.sum() / denominator}[reduction]
+    grads = [rng.normal(size=n).astype(dtype), 0.75] if reduction == "none" else [0.75]
+    for g in grads:
+        xt.grad = None
+        ref.backward(torch.as_tensor(np.broadcast_to(np.asarray(g, np.float64), ref.shape).copy()),
+                     retain_graph=True)
+        loss, grad = mse_loss_forward_backward(x, t, g, weight=w, reduction=reduction)
+        assert_close(loss, ref.detach().numpy(), dtype, f"{layout} loss")
+        assert_close(grad, xt.grad.numpy(), dtype, f"{layout} gradient")
+    assert_close(mse_loss_forward(x, t, weight=w, reduction=reduction), ref.detach().numpy(), dtype,
+                 f"{layout} forward")
