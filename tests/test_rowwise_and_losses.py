@@ -392,3 +392,28 @@ def test_pointwise_loss_loop_layouts_against_torch(layout, reduction, n, dtype):
         assert_close(grad, xt.grad.numpy(), dtype, f"{layout} gradient")
     assert_close(mse_loss_forward(x, t, weight=w, reduction=reduction), ref.detach().numpy(), dtype,
                  f"{layout} forward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_mean_scale_folded_into_the_kernel(dtype):
+    """'mean' scales the gradient inside the kernel by 1/Σ w[target] (non-ignored rows), or
+    1/rows for probability targets, at a size that runs the prange kernels; with every row
+    ignored the loss is nan and the gradient 0, as in torch."""
+    from symgrad_kernels import cross_entropy_forward_backward
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 3, (4000, 12)).astype(dtype)
+    t = rng.integers(0, 12, 4000)
+    t[::7] = -100
+    w = rng.uniform(0.2, 2, 12).astype(dtype)
+    probs = rng.dirichlet(np.ones(12), 4000).astype(dtype)
+    for target, kw in [(t, {"weight": w}), (t, {}), (probs, {})]:
+        xt = torch.tensor(x, requires_grad=True)
+        tkw = {k: torch.tensor(v) for k, v in kw.items()}
+        lt = torch.nn.functional.cross_entropy(xt, torch.tensor(target), **tkw)
+        lt.backward(torch.tensor(1.7, dtype=lt.dtype))
+        loss, grad = cross_entropy_forward_backward(x, target, 1.7, **kw)
+        assert_close(loss, lt.detach().numpy(), dtype, "cross_entropy mean loss")
+        assert_close(grad, xt.grad.numpy(), dtype, "cross_entropy mean grad")
+    loss, grad = cross_entropy_forward_backward(x, np.full(4000, -100), 1.7, weight=w)
+    assert np.isnan(loss) and not grad.any()

@@ -702,6 +702,22 @@ def _variant_test(spec: RowLoss, name: str) -> str:
     return f"bool({name})"
 
 
+def _mean_fold(spec: RowLoss) -> int | str | None:
+    """How the wrapper gets the index mode's 'mean' denominator before the kernel runs: "rows"
+    (a weight of 1 per row), the position of the class operand w when the mean weight is w at
+    the target (Σ w[target]), or None (only the kernel's rows know it: scaled afterwards)."""
+    if spec.index_mean_weight is None:
+        return "rows"
+    target = spec.target_symbol
+    for a in spec.aggregates:
+        if a.symbol != spec.index_mean_weight:
+            continue
+        for i, o in enumerate(spec.operands):
+            if o.role == "class" and target is not None and a.expr == o.symbol * target:
+                return i
+    return None
+
+
 def _row_loss_context(d: RowLossDerivation) -> dict:
     spec = d.spec
     diff_ops = [o for o in spec.operands if o.differentiable]
@@ -737,6 +753,7 @@ def _row_loss_context(d: RowLossDerivation) -> dict:
         "target": {"name": spec.target_name, "mode": spec.targets,
                    "doc": spec.target_doc or "targets"},
         "ignore_index": spec.ignore_index,
+        "mean_fold": _mean_fold(spec),
         "class_dim": spec.class_dim,
         "flags": [{"name": p.name, "default": repr(p.default), "doc": p.doc or p.name}
                   for p in flags],
