@@ -417,3 +417,22 @@ def test_cross_entropy_mean_scale_folded_into_the_kernel(dtype):
         assert_close(grad, xt.grad.numpy(), dtype, "cross_entropy mean grad")
     loss, grad = cross_entropy_forward_backward(x, np.full(4000, -100), 1.7, weight=w)
     assert np.isnan(loss) and not grad.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_cross_entropy_row_of_two_maxima(dtype, layout):
+    """Logits [max, max], target 1: the softmax is [1/2, 1/2] in both paths (the strided one
+    computed exp(x - L) with L = max + log 2 rounding to max, which gave [1, 1])."""
+    from symgrad_kernels import cross_entropy_backward
+
+    big = np.finfo(dtype).max
+    x = np.array([[big, big]], dtype=dtype)
+    t = np.array([1])
+    if layout == "strided":  # (N, C, d): class dim not last
+        x, t = x[:, :, None].repeat(2, axis=2), t[:, None].repeat(2, axis=1)
+        expected = np.array([[[0.5, 0.5], [-0.5, -0.5]]])
+    else:
+        expected = np.array([[0.5, -0.5]])
+    grad = cross_entropy_backward(x, t, reduction="sum")
+    np.testing.assert_array_equal(grad, expected.astype(dtype))

@@ -79,10 +79,12 @@ def _rows_v0_dense_ser_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -133,10 +135,12 @@ def _rows_v0_dense_par_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -349,10 +353,12 @@ def _rows_v0_dense_ser_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -403,10 +409,12 @@ def _rows_v0_dense_par_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 

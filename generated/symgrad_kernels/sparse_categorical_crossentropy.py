@@ -72,10 +72,12 @@ def _rows_v0_index_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_y_pred = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -118,10 +120,12 @@ def _rows_v0_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_y_pred = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -298,10 +302,12 @@ def _rows_v0_index_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_y_pred = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -344,10 +350,12 @@ def _rows_v0_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_y_pred = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 

@@ -669,10 +669,11 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
               "if not want_grad:", "    continue", "gr_ = gs[r_ * g_stride]"]
     body, _ = block({s.name: e for s, e in plan.adjoints}, dt)
     lines += body
-    if store:
-        e, scale = stored_exp(lses[0].symbol)
-        s = lses[0].symbol.name
-        lines.append(f"{scale.name} = {adjoint(lses[0].symbol).name} / s_{s}")
+    # The softmax as e/Σe (e = exp(a_j - max)) in every path, never exp(a_j - L): L = max +
+    # log Σe rounds to max in a row such as [max, max] (float32 max), which gave [1, 1].
+    for a in lses:
+        e, scale = stored_exp(a.symbol)
+        lines.append(f"{scale.name} = {adjoint(a.symbol).name} / s_{a.symbol.name}")
     for a in plan.aggregates:
         if a.reduce == "max" and any(p != 0 for p in a.partials):
             s = a.symbol.name
@@ -680,12 +681,14 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
             lines += [f"cnt_{s} = {cast}(0.0)", "for j_ in range(n_):"]
             lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", contig) + body]
             lines += [f"    if v_{s} == {s}:", f"        cnt_{s} += {cast}(1.0)"]
-    grads = plan.stored_grads if store else plan.grads
-    body, _ = block(dict(zip(grad_names, grads, strict=True)), dt)
+    grads = plan.stored_grads if lses else plan.grads
+    outputs = {} if store else {stored_exp(a.symbol)[0].name: sp.exp(
+        a.expr - sp.Symbol(f"m_{a.symbol.name}", real=True)) for a in lses}
+    body, _ = block({**outputs, **dict(zip(grad_names, grads, strict=True))}, dt)
     lines.append("for j_ in range(n_):")
     loads = _loads(spec, plan.mode, dt, "j_", contig)
     if store:
-        loads.append(f"{e.name} = {buf}[o_, j_]")
+        loads.append(f"{stored_exp(lses[0].symbol)[0].name} = {buf}[o_, j_]")
     lines += ["    " + x for x in loads + body]
     at = "[o_, j_]" if contig else "[o_, j_, c_]"
     for o, name in zip(diff_ops, grad_names, strict=True):
