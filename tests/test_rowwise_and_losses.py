@@ -357,3 +357,82 @@ def test_row_loss_parallel_kernels_match_torch(dtype, name):
         loss, grad = f(xs, ts)
         assert_close(np.asarray(loss), lt.detach().numpy(), dtype, f"{name} loss")
         assert_close(grad, xt.grad.numpy(), dtype, f"{name} grad")
+
+
+# ------------------------------------------------------------------- pointwise-loss layouts
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [4097, 40_000])  # a partial last block; the prange kernels
+@pytest.mark.parametrize("layout", ["unit", "hoisted", "general"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_pointwise_loss_loop_layouts_against_torch(layout, reduction, n, dtype):
+    """mse_loss through each of its kernel's loops: every operand at unit stride (a weight
+    array), the default weight read once before the loop, and the general loop (a target of one
+    element, at stride 0); for 'none' grad_output both as an array and as one number."""
+    from symgrad_kernels import mse_loss_forward, mse_loss_forward_backward
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n).astype(dtype)
+    t = rng.normal(size=1 if layout == "general" else n).astype(dtype)
+    w = rng.uniform(0.5, 2, n).astype(dtype) if layout == "unit" else None
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    per = (xt - torch.tensor(t, dtype=torch.float64)) ** 2
+    if w is not None:
+        per = per * torch.tensor(w, dtype=torch.float64)
+    denominator = float(w.astype(np.float64).sum()) if w is not None else n
+    ref = {"none": per, "sum": per.sum(), "mean": per.sum() / denominator}[reduction]
+    grads = [rng.normal(size=n).astype(dtype), 0.75] if reduction == "none" else [0.75]
+    for g in grads:
+        xt.grad = None
+        ref.backward(torch.as_tensor(np.broadcast_to(np.asarray(g, np.float64), ref.shape).copy()),
+                     retain_graph=True)
+        loss, grad = mse_loss_forward_backward(x, t, g, weight=w, reduction=reduction)
+        assert_close(loss, ref.detach().numpy(), dtype, f"{layout} loss")
+        assert_close(grad, xt.grad.numpy(), dtype, f"{layout} gradient")
+    assert_close(mse_loss_forward(x, t, weight=w, reduction=reduction), ref.detach().numpy(), dtype,
+                 f"{layout} forward")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_mean_scale_folded_into_the_kernel(dtype):
+    """'mean' scales the gradient inside the kernel by 1/Σ w[target] (non-ignored rows), or
+    1/rows for probability targets, at a size that runs the prange kernels; with every row
+    ignored the loss is nan and the gradient 0, as in torch."""
+    from symgrad_kernels import cross_entropy_forward_backward
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 3, (4000, 12)).astype(dtype)
+    t = rng.integers(0, 12, 4000)
+    t[::7] = -100
+    w = rng.uniform(0.2, 2, 12).astype(dtype)
+    probs = rng.dirichlet(np.ones(12), 4000).astype(dtype)
+    for target, kw in [(t, {"weight": w}), (t, {}), (probs, {})]:
+        xt = torch.tensor(x, requires_grad=True)
+        tkw = {k: torch.tensor(v) for k, v in kw.items()}
+        lt = torch.nn.functional.cross_entropy(xt, torch.tensor(target), **tkw)
+        lt.backward(torch.tensor(1.7, dtype=lt.dtype))
+        loss, grad = cross_entropy_forward_backward(x, target, 1.7, **kw)
+        assert_close(loss, lt.detach().numpy(), dtype, "cross_entropy mean loss")
+        assert_close(grad, xt.grad.numpy(), dtype, "cross_entropy mean grad")
+    loss, grad = cross_entropy_forward_backward(x, np.full(4000, -100), 1.7, weight=w)
+    assert np.isnan(loss) and not grad.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_cross_entropy_row_of_two_maxima(dtype, layout):
+    """Logits [max, max], target 1: the softmax is [1/2, 1/2] in both paths (the strided one
+    computed exp(x - L) with L = max + log 2 rounding to max, which gave [1, 1])."""
+    from symgrad_kernels import cross_entropy_backward
+
+    big = np.finfo(dtype).max
+    x = np.array([[big, big]], dtype=dtype)
+    t = np.array([1])
+    if layout == "strided":  # (N, C, d): class dim not last
+        x, t = x[:, :, None].repeat(2, axis=2), t[:, None].repeat(2, axis=1)
+        expected = np.array([[[0.5, 0.5], [-0.5, -0.5]]])
+    else:
+        expected = np.array([[0.5, -0.5]])
+    grad = cross_entropy_backward(x, t, reduction="sum")
+    np.testing.assert_array_equal(grad, expected.astype(dtype))

@@ -79,10 +79,12 @@ def _rows_v0_dense_ser_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -133,10 +135,12 @@ def _rows_v0_dense_par_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -349,10 +353,12 @@ def _rows_v0_dense_ser_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -403,10 +409,12 @@ def _rows_v0_dense_par_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -1142,6 +1150,29 @@ def _divide(numerator, denominator):
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
+@njit(cache=True)
+def _sum_at_targets(weight, target, ignore):
+    """Σ weight[t] over the targets t != ignore, in float64 (a weight of None counts them): one
+    pass over the targets, no masks or gathered copies."""
+    acc = 0.0
+    for o in range(target.shape[0]):
+        for c in range(target.shape[1]):
+            t = target[o, c]
+            if t != ignore:
+                acc += 1.0 if weight is None else np.float64(weight[t])
+    return acc
+
+
+def _mean_denominator(mode, args, view_shape):
+    """The 'mean' denominator, Σ of the rows' mean weights, before the kernel runs, so that the
+    kernel scales the gradient (no pass over it afterwards); None where only the rows know it."""
+    outer, _, inner = view_shape
+    if mode != "index":
+        return float(outer * inner)
+    target, ignore = args[-1], -1  # targets are all in [0, C)
+    return float(outer * inner)
+
+
 def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad_output, want_grad):
     outer, _, inner = view_shape
     losses = np.empty((outer, inner), dtype=ref.dtype)
@@ -1155,6 +1186,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         g, g_stride = np.ones(1, dtype=ref.dtype), 0
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
+    scaled = False
+    if want_grad and code == "mean" and ref.size:
+        folded = _mean_denominator(mode, args, view_shape)
+        if folded:  # 0 (every row ignored) keeps the gradient's zeroing below
+            g, scaled = np.full(1, _divide(float(g[0]), folded), dtype=ref.dtype), True
     if ref.size:
         contig = inner == 1
         if contig:
@@ -1165,10 +1201,10 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         return losses.reshape(sample_shape), grads
     if code == "mean":
         total = _divide(total, denominator)
-        if want_grad and denominator:
+        if want_grad and denominator and not scaled:
             for gr in grads:
                 gr *= ref.dtype.type(1.0 / denominator)
-        elif want_grad:
+        elif want_grad and not scaled:
             for gr in grads:
                 gr[...] = 0.0
     return ref.dtype.type(total), grads

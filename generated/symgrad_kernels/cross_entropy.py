@@ -87,11 +87,13 @@ def _rows_v0_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = np.float32(0.0)
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_input = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -147,11 +149,13 @@ def _rows_v0_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = np.float32(0.0)
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_input = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -371,11 +375,13 @@ def _rows_v0_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = 0.0
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_input = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -431,11 +437,13 @@ def _rows_v0_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = 0.0
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_input = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -653,11 +661,13 @@ def _rows_v0_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
         gr_ = gs[r_ * g_stride]
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_t*t*w) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -711,11 +721,13 @@ def _rows_v0_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
         gr_ = gs[r_ * g_stride]
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_t*t*w) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -941,11 +953,13 @@ def _rows_v0_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
         gr_ = gs[r_ * g_stride]
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_t*t*w) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -999,11 +1013,13 @@ def _rows_v0_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
         gr_ = gs[r_ * g_stride]
         adj_A_t = gr_
         adj_L = adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_t*t*w) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -1244,11 +1260,13 @@ def _rows_v1_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = np.float32(0.0)
         adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_input = -(adj_A_s*w) + adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -1317,11 +1335,13 @@ def _rows_v1_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = np.float32(0.0)
         adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_input = -(adj_A_s*w) + adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -1592,11 +1612,13 @@ def _rows_v1_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = 0.0
         adj_A_t = -(gr_*(label_smoothing - 1.0))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_input = -(adj_A_s*w) + adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -1665,11 +1687,13 @@ def _rows_v1_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_w = 0.0
         adj_A_t = -(gr_*(label_smoothing - 1.0))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_input = -(adj_A_s*w) + adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -1935,11 +1959,13 @@ def _rows_v1_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_s = gr_*label_smoothing/C
         adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -2003,11 +2029,13 @@ def _rows_v1_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_s = gr_*label_smoothing/C
         adj_A_t = -(gr_*(label_smoothing + np.float32(-1.0)))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + adj_L*_fn.exp_f32(-(L) + x)
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -2271,11 +2299,13 @@ def _rows_v1_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_s = gr_*label_smoothing/C
         adj_A_t = -(gr_*(label_smoothing - 1.0))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -2339,11 +2369,13 @@ def _rows_v1_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
         adj_A_s = gr_*label_smoothing/C
         adj_A_t = -(gr_*(label_smoothing - 1.0))
         adj_L = adj_A_s*dsum_A_s_L + adj_A_t*dsum_A_t_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + adj_L*_fn.exp_f64(-(L) + x)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
 
@@ -2673,6 +2705,29 @@ def _divide(numerator, denominator):
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
+@njit(cache=True)
+def _sum_at_targets(weight, target, ignore):
+    """Σ weight[t] over the targets t != ignore, in float64 (a weight of None counts them): one
+    pass over the targets, no masks or gathered copies."""
+    acc = 0.0
+    for o in range(target.shape[0]):
+        for c in range(target.shape[1]):
+            t = target[o, c]
+            if t != ignore:
+                acc += 1.0 if weight is None else np.float64(weight[t])
+    return acc
+
+
+def _mean_denominator(mode, args, view_shape):
+    """The 'mean' denominator, Σ of the rows' mean weights, before the kernel runs, so that the
+    kernel scales the gradient (no pass over it afterwards); None where only the rows know it."""
+    outer, _, inner = view_shape
+    if mode != "index":
+        return float(outer * inner)
+    target, ignore = args[-2], args[-1]
+    return _sum_at_targets(args[1], target, ignore)
+
+
 def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad_output, want_grad):
     outer, _, inner = view_shape
     losses = np.empty((outer, inner), dtype=ref.dtype)
@@ -2686,6 +2741,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         g, g_stride = np.ones(1, dtype=ref.dtype), 0
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['input']]
     total, denominator = 0.0, 0.0
+    scaled = False
+    if want_grad and code == "mean" and ref.size:
+        folded = _mean_denominator(mode, args, view_shape)
+        if folded:  # 0 (every row ignored) keeps the gradient's zeroing below
+            g, scaled = np.full(1, _divide(float(g[0]), folded), dtype=ref.dtype), True
     if ref.size:
         contig = inner == 1
         if contig:
@@ -2696,10 +2756,10 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         return losses.reshape(sample_shape), grads
     if code == "mean":
         total = _divide(total, denominator)
-        if want_grad and denominator:
+        if want_grad and denominator and not scaled:
             for gr in grads:
                 gr *= ref.dtype.type(1.0 / denominator)
-        elif want_grad:
+        elif want_grad and not scaled:
             for gr in grads:
                 gr[...] = 0.0
     return ref.dtype.type(total), grads

@@ -21,79 +21,242 @@ from . import _runtime as _rt
 __all__ = ["margin_ranking_loss_forward", "margin_ranking_loss_backward", "margin_ranking_loss_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _block_sum(values):
+    """Float64 sum with reassociation allowed (and no other fast-math assumption: nan and inf
+    propagate as usual), so that LLVM splits it over vector lanes."""
+    acc = 0.0
+    for v in values:
+        acc += np.float64(v)
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def _ordered_sum(values):
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+# The kernels run over blocks of this many elements: a block's losses go to a buffer (the output
+# itself for 'none') in a loop with no reduction in it, which vectorizes at the dtype's width,
+# unlike one that also adds to a float64 sum; then the buffer is summed. Block sums are added in
+# order, so the result does not depend on the number of threads.
+_BLOCK = 4096
+
+
 # ---------------------------------------------------------------- variant 0 (all), float32
 
 
 @njit(cache=True, error_model="numpy")
 def _pointwise_v0_ser_float32(input1_arr, input1_stride, input2_arr, input2_stride, target_arr, target_stride, margin, gs, g_stride, scale, want_grad, store, losses, out_input1, out_input2, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 8 ops
-            _c0 = margin - (t*(x - (x2)))
-            _c1 = (_c0 >= np.float32(0.0))
-            l = (_c0 if _c1 else np.float32(0.0))
-            d_input1 = (-(t) if _c1 else np.float32(0.0))
-            d_input2 = (t if _c1 else np.float32(0.0))
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-            gi = gs[i * g_stride] * scale
-            out_input1[i] = d_input1 * gi
-            out_input2[i] = d_input2 * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= np.float32(0.0)) else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= np.float32(0.0)) else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * scale
+                    out_input2[np.uint64(i)] = d_input2 * scale
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * scale
+                    out_input2[i] = d_input2 * scale
         else:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            _c0 = margin - (t*(x - (x2)))
-            l = (_c0 if (_c0 >= np.float32(0.0)) else np.float32(0.0))
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * gs[np.uint64(i)]
+                    out_input2[np.uint64(i)] = d_input2 * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * gs[i]
+                    out_input2[i] = d_input2 * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v0_par_float32(input1_arr, input1_stride, input2_arr, input2_stride, target_arr, target_stride, margin, gs, g_stride, scale, want_grad, store, losses, out_input1, out_input2, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 8 ops
-            _c0 = margin - (t*(x - (x2)))
-            _c1 = (_c0 >= np.float32(0.0))
-            l = (_c0 if _c1 else np.float32(0.0))
-            d_input1 = (-(t) if _c1 else np.float32(0.0))
-            d_input2 = (t if _c1 else np.float32(0.0))
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-            gi = gs[i * g_stride] * scale
-            out_input1[i] = d_input1 * gi
-            out_input2[i] = d_input2 * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= np.float32(0.0)) else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= np.float32(0.0)) else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * scale
+                    out_input2[np.uint64(i)] = d_input2 * scale
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * scale
+                    out_input2[i] = d_input2 * scale
         else:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            _c0 = margin - (t*(x - (x2)))
-            l = (_c0 if (_c0 >= np.float32(0.0)) else np.float32(0.0))
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * gs[np.uint64(i)]
+                    out_input2[np.uint64(i)] = d_input2 * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= np.float32(0.0))
+                    l = (_c0 if _c1 else np.float32(0.0))
+                    d_input1 = (-(t) if _c1 else np.float32(0.0))
+                    d_input2 = (t if _c1 else np.float32(0.0))
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * gs[i]
+                    out_input2[i] = d_input2 * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 0 (all), float64
@@ -102,73 +265,211 @@ def _pointwise_v0_par_float32(input1_arr, input1_stride, input2_arr, input2_stri
 @njit(cache=True, error_model="numpy")
 def _pointwise_v0_ser_float64(input1_arr, input1_stride, input2_arr, input2_stride, target_arr, target_stride, margin, gs, g_stride, scale, want_grad, store, losses, out_input1, out_input2, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 8 ops
-            _c0 = margin - (t*(x - (x2)))
-            _c1 = (_c0 >= 0.0)
-            l = (_c0 if _c1 else 0.0)
-            d_input1 = (-(t) if _c1 else 0.0)
-            d_input2 = (t if _c1 else 0.0)
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-            gi = gs[i * g_stride] * scale
-            out_input1[i] = d_input1 * gi
-            out_input2[i] = d_input2 * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= 0.0) else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= 0.0) else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * scale
+                    out_input2[np.uint64(i)] = d_input2 * scale
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * scale
+                    out_input2[i] = d_input2 * scale
         else:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            _c0 = margin - (t*(x - (x2)))
-            l = (_c0 if (_c0 >= 0.0) else 0.0)
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * gs[np.uint64(i)]
+                    out_input2[np.uint64(i)] = d_input2 * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * gs[i]
+                    out_input2[i] = d_input2 * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v0_par_float64(input1_arr, input1_stride, input2_arr, input2_stride, target_arr, target_stride, margin, gs, g_stride, scale, want_grad, store, losses, out_input1, out_input2, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 8 ops
-            _c0 = margin - (t*(x - (x2)))
-            _c1 = (_c0 >= 0.0)
-            l = (_c0 if _c1 else 0.0)
-            d_input1 = (-(t) if _c1 else 0.0)
-            d_input2 = (t if _c1 else 0.0)
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-            gi = gs[i * g_stride] * scale
-            out_input1[i] = d_input1 * gi
-            out_input2[i] = d_input2 * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= 0.0) else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    l = (_c0 if (_c0 >= 0.0) else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * scale
+                    out_input2[np.uint64(i)] = d_input2 * scale
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * scale
+                    out_input2[i] = d_input2 * scale
         else:
-            x = input1_arr[i * input1_stride]
-            x2 = input2_arr[i * input2_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            _c0 = margin - (t*(x - (x2)))
-            l = (_c0 if (_c0 >= 0.0) else 0.0)
-            l = x if x != x else l
-            l = x2 if x2 != x2 else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input1_stride == 1 and input2_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input1_arr[np.uint64(i)]
+                    x2 = input2_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input1[np.uint64(i)] = d_input1 * gs[np.uint64(i)]
+                    out_input2[np.uint64(i)] = d_input2 * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input1_arr[i * input1_stride]
+                    x2 = input2_arr[i * input2_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 8 ops
+                    _c0 = margin - (t*(x - (x2)))
+                    _c1 = (_c0 >= 0.0)
+                    l = (_c0 if _c1 else 0.0)
+                    d_input1 = (-(t) if _c1 else 0.0)
+                    d_input2 = (t if _c1 else 0.0)
+                    l = x if x != x else l
+                    l = x2 if x2 != x2 else l
+                    buf[i - lo] = l
+                    out_input1[i] = d_input1 * gs[i]
+                    out_input2[i] = d_input2 * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # Variant by the values of ().
@@ -323,6 +624,8 @@ def _run(fn, x, shape, size, code, denominator, variant, shapes, args, grad_outp
         if code != "none":
             scale = _scale(x, g[0], denominator)
             g, g_stride = np.ones(1, dtype=x.dtype), 0
+        elif g_stride == 0:
+            scale = g[0]  # the kernel multiplies by scale alone where g is one number
         outs = [np.empty(shape, dtype=x.dtype) for _ in ['input1', 'input2']]
         flat_outs = [o.reshape(-1) for o in outs]
     else:

@@ -460,6 +460,29 @@ def _divide(numerator, denominator):
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
+@njit(cache=True)
+def _sum_at_targets(weight, target, ignore):
+    """Σ weight[t] over the targets t != ignore, in float64 (a weight of None counts them): one
+    pass over the targets, no masks or gathered copies."""
+    acc = 0.0
+    for o in range(target.shape[0]):
+        for c in range(target.shape[1]):
+            t = target[o, c]
+            if t != ignore:
+                acc += 1.0 if weight is None else np.float64(weight[t])
+    return acc
+
+
+def _mean_denominator(mode, args, view_shape):
+    """The 'mean' denominator, Σ of the rows' mean weights, before the kernel runs, so that the
+    kernel scales the gradient (no pass over it afterwards); None where only the rows know it."""
+    outer, _, inner = view_shape
+    if mode != "index":
+        return float(outer * inner)
+    target, ignore = args[-2], args[-1]
+    return _sum_at_targets(args[1], target, ignore)
+
+
 def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad_output, want_grad):
     outer, _, inner = view_shape
     losses = np.empty((outer, inner), dtype=ref.dtype)
@@ -473,6 +496,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         g, g_stride = np.ones(1, dtype=ref.dtype), 0
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['input']]
     total, denominator = 0.0, 0.0
+    scaled = False
+    if want_grad and code == "mean" and ref.size:
+        folded = _mean_denominator(mode, args, view_shape)
+        if folded:  # 0 (every row ignored) keeps the gradient's zeroing below
+            g, scaled = np.full(1, _divide(float(g[0]), folded), dtype=ref.dtype), True
     if ref.size:
         contig = inner == 1
         if contig:
@@ -483,10 +511,10 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         return losses.reshape(sample_shape), grads
     if code == "mean":
         total = _divide(total, denominator)
-        if want_grad and denominator:
+        if want_grad and denominator and not scaled:
             for gr in grads:
                 gr *= ref.dtype.type(1.0 / denominator)
-        elif want_grad:
+        elif want_grad and not scaled:
             for gr in grads:
                 gr[...] = 0.0
     return ref.dtype.type(total), grads

@@ -30,71 +30,214 @@ from . import _runtime as _rt
 __all__ = ["poisson_nll_loss_forward", "poisson_nll_loss_backward", "poisson_nll_loss_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _block_sum(values):
+    """Float64 sum with reassociation allowed (and no other fast-math assumption: nan and inf
+    propagate as usual), so that LLVM splits it over vector lanes."""
+    acc = 0.0
+    for v in values:
+        acc += np.float64(v)
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def _ordered_sum(values):
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+# The kernels run over blocks of this many elements: a block's losses go to a buffer (the output
+# itself for 'none') in a loop with no reduction in it, which vectorizes at the dtype's width,
+# unlike one that also adds to a float64 sum; then the buffer is summed. Block sums are added in
+# order, so the result does not depend on the number of threads.
+_BLOCK = 4096
+
+
 # ---------------------------------------------------------------- variant 0 (log_input=True, full=True), float32
 
 
 @njit(cache=True, error_model="numpy")
 def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 17 ops
-            _c0 = _fn.exp_f32(x)
-            _c1 = t*x
-            _c2 = -(_c0)
-            l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
-            d_input = -(_c2) - (t)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 13 ops
-            _c0 = _fn.exp_f32(x)
-            _c1 = t*x
-            l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else _c0 - (_c1))
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 17 ops
-            _c0 = _fn.exp_f32(x)
-            _c1 = t*x
-            _c2 = -(_c0)
-            l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
-            d_input = -(_c2) - (t)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 13 ops
-            _c0 = _fn.exp_f32(x)
-            _c1 = t*x
-            l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else _c0 - (_c1))
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f32(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f32(t) - (t) + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 0 (log_input=True, full=True), float64
@@ -103,65 +246,183 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 17 ops
-            _c0 = _fn.exp_f64(x)
-            _c1 = t*x
-            _c2 = -(_c0)
-            l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
-            d_input = -(_c2) - (t)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 13 ops
-            _c0 = _fn.exp_f64(x)
-            _c1 = t*x
-            l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else _c0 - (_c1))
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 17 ops
-            _c0 = _fn.exp_f64(x)
-            _c1 = t*x
-            _c2 = -(_c0)
-            l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
-            d_input = -(_c2) - (t)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 13 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else _c0 - (_c1))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 13 ops
-            _c0 = _fn.exp_f64(x)
-            _c1 = t*x
-            l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else _c0 - (_c1))
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 17 ops
+                    _c0 = _fn.exp_f64(x)
+                    _c1 = t*x
+                    _c2 = -(_c0)
+                    l = (_c0 - (_c1) + t*_fn.log_f64(t) - (t) + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) - (_c2))
+                    d_input = -(_c2) - (t)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 1 (log_input=True, full=False), float32
@@ -170,53 +431,147 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 7 ops
-            _c0 = -(_fn.exp_f32(x))
-            l = -(_c0) - (t*x)
-            d_input = -(_c0) - (t)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f32(x)
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f32(x)
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 3 ops
-            l = -(t*x) + _fn.exp_f32(x)
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 7 ops
-            _c0 = -(_fn.exp_f32(x))
-            l = -(_c0) - (t*x)
-            d_input = -(_c0) - (t)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f32(x)
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f32(x)
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 3 ops
-            l = -(t*x) + _fn.exp_f32(x)
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f32(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 1 (log_input=True, full=False), float64
@@ -225,53 +580,147 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 7 ops
-            _c0 = -(_fn.exp_f64(x))
-            l = -(_c0) - (t*x)
-            d_input = -(_c0) - (t)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f64(x)
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f64(x)
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 3 ops
-            l = -(t*x) + _fn.exp_f64(x)
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 7 ops
-            _c0 = -(_fn.exp_f64(x))
-            l = -(_c0) - (t*x)
-            d_input = -(_c0) - (t)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f64(x)
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 3 ops
+                    l = -(t*x) + _fn.exp_f64(x)
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 3 ops
-            l = -(t*x) + _fn.exp_f64(x)
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 7 ops
+                    _c0 = -(_fn.exp_f64(x))
+                    l = -(_c0) - (t*x)
+                    d_input = -(_c0) - (t)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 2 (log_input=False, full=True), float32
@@ -280,61 +729,171 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v2_ser_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 16 ops
-            _c0 = eps + x
-            _c1 = t*_fn.log_f32(_c0)
-            l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
-            d_input = np.float32(1.0) - (t/_c0)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f32(eps + x)
+                    l = (-(_c0) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f32(eps + x)
+                    l = (-(_c0) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 14 ops
-            _c0 = t*_fn.log_f32(eps + x)
-            l = (-(_c0) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c0) + x)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v2_par_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 16 ops
-            _c0 = eps + x
-            _c1 = t*_fn.log_f32(_c0)
-            l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
-            d_input = np.float32(1.0) - (t/_c0)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f32(eps + x)
+                    l = (-(_c0) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f32(eps + x)
+                    l = (-(_c0) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 14 ops
-            _c0 = t*_fn.log_f32(eps + x)
-            l = (-(_c0) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c0) + x)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f32(_c0)
+                    l = (-(_c1) + t*_fn.log_f32(t) - (t) + x + np.float32(0.5)*_fn.log_f32((t)*np.float32(6.283185307179586)) if (t > np.float32(1.0)) else -(_c1) + x)
+                    d_input = np.float32(1.0) - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 2 (log_input=False, full=True), float64
@@ -343,61 +902,171 @@ def _pointwise_v2_par_float32(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v2_ser_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 16 ops
-            _c0 = eps + x
-            _c1 = t*_fn.log_f64(_c0)
-            l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
-            d_input = 1.0 - (t/_c0)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f64(eps + x)
+                    l = (-(_c0) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f64(eps + x)
+                    l = (-(_c0) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 14 ops
-            _c0 = t*_fn.log_f64(eps + x)
-            l = (-(_c0) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c0) + x)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v2_par_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 16 ops
-            _c0 = eps + x
-            _c1 = t*_fn.log_f64(_c0)
-            l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
-            d_input = 1.0 - (t/_c0)
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f64(eps + x)
+                    l = (-(_c0) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 14 ops
+                    _c0 = t*_fn.log_f64(eps + x)
+                    l = (-(_c0) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c0) + x)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 14 ops
-            _c0 = t*_fn.log_f64(eps + x)
-            l = (-(_c0) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c0) + x)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 16 ops
+                    _c0 = eps + x
+                    _c1 = t*_fn.log_f64(_c0)
+                    l = (-(_c1) + t*_fn.log_f64(t) - (t) + x + 0.5*_fn.log_f64((t)*6.283185307179586) if (t > 1.0) else -(_c1) + x)
+                    d_input = 1.0 - (t/_c0)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 3 (log_input=False, full=False), float32
@@ -406,53 +1075,147 @@ def _pointwise_v2_par_float64(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v3_ser_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 6 ops
-            _c0 = eps + x
-            l = -(t*_fn.log_f32(_c0)) + x
-            d_input = np.float32(1.0) - (t/_c0)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f32(eps + x)) + x
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f32(eps + x)) + x
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            l = -(t*_fn.log_f32(eps + x)) + x
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v3_par_float32(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 6 ops
-            _c0 = eps + x
-            l = -(t*_fn.log_f32(_c0)) + x
-            d_input = np.float32(1.0) - (t/_c0)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f32(eps + x)) + x
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f32(eps + x)) + x
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            l = -(t*_fn.log_f32(eps + x)) + x
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f32(_c0)) + x
+                    d_input = np.float32(1.0) - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 3 (log_input=False, full=False), float64
@@ -461,53 +1224,147 @@ def _pointwise_v3_par_float32(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v3_ser_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 6 ops
-            _c0 = eps + x
-            l = -(t*_fn.log_f64(_c0)) + x
-            d_input = 1.0 - (t/_c0)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f64(eps + x)) + x
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f64(eps + x)) + x
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            l = -(t*_fn.log_f64(eps + x)) + x
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v3_par_float64(input_arr, input_stride, target_arr, target_stride, eps, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 6 ops
-            _c0 = eps + x
-            l = -(t*_fn.log_f64(_c0)) + x
-            d_input = 1.0 - (t/_c0)
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f64(eps + x)) + x
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 4 ops
+                    l = -(t*_fn.log_f64(eps + x)) + x
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 4 ops
-            l = -(t*_fn.log_f64(eps + x)) + x
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 6 ops
+                    _c0 = eps + x
+                    l = -(t*_fn.log_f64(_c0)) + x
+                    d_input = 1.0 - (t/_c0)
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # Variant by the values of (log_input, full).
@@ -679,6 +1536,8 @@ def _run(fn, x, shape, size, code, denominator, variant, shapes, args, grad_outp
         if code != "none":
             scale = _scale(x, g[0], denominator)
             g, g_stride = np.ones(1, dtype=x.dtype), 0
+        elif g_stride == 0:
+            scale = g[0]  # the kernel multiplies by scale alone where g is one number
         outs = [np.empty(shape, dtype=x.dtype) for _ in ['input']]
         flat_outs = [o.reshape(-1) for o in outs]
     else:

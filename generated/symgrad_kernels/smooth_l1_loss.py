@@ -20,73 +20,222 @@ from . import _runtime as _rt
 __all__ = ["smooth_l1_loss_forward", "smooth_l1_loss_backward", "smooth_l1_loss_forward_backward"]
 
 
+@njit(error_model="numpy", fastmath={"reassoc"}, forceinline=True)
+def _block_sum(values):
+    """Float64 sum with reassociation allowed (and no other fast-math assumption: nan and inf
+    propagate as usual), so that LLVM splits it over vector lanes."""
+    acc = 0.0
+    for v in values:
+        acc += np.float64(v)
+    return acc
+
+
+@njit(cache=True, error_model="numpy")
+def _ordered_sum(values):
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
+# The kernels run over blocks of this many elements: a block's losses go to a buffer (the output
+# itself for 'none') in a loop with no reduction in it, which vectorizes at the dtype's width,
+# unlike one that also adds to a float64 sum; then the buffer is summed. Block sums are added in
+# order, so the result does not depend on the number of threads.
+_BLOCK = 4096
+
+
 # ---------------------------------------------------------------- variant 0 (all), float32
 
 
 @njit(cache=True, error_model="numpy")
 def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride, beta, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 15 ops
-            _c0 = (np.float32(1.0)/(beta))
-            _c1 = t - (x)
-            _c2 = abs(_c1)
-            _c3 = (beta > _c2)
-            l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
-            d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (np.float32(0.5)*(_c0*_c0)/beta if (_c1 < beta) else _c1 + np.float32(-0.5)*beta)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (np.float32(0.5)*(_c0*_c0)/beta if (_c1 < beta) else _c1 + np.float32(-0.5)*beta)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 8 ops
-            _c0 = t - (x)
-            _c1 = abs(_c0)
-            l = (np.float32(0.5)*(_c0*_c0)/beta if (_c1 < beta) else _c1 + np.float32(-0.5)*beta)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride, beta, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 15 ops
-            _c0 = (np.float32(1.0)/(beta))
-            _c1 = t - (x)
-            _c2 = abs(_c1)
-            _c3 = (beta > _c2)
-            l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
-            d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (np.float32(0.5)*(_c0*_c0)/beta if (_c1 < beta) else _c1 + np.float32(-0.5)*beta)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (np.float32(0.5)*(_c0*_c0)/beta if (_c1 < beta) else _c1 + np.float32(-0.5)*beta)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 8 ops
-            _c0 = t - (x)
-            _c1 = abs(_c0)
-            l = (np.float32(0.5)*(_c0*_c0)/beta if (_c1 < beta) else _c1 + np.float32(-0.5)*beta)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (np.float32(1.0)/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (np.float32(0.5)*_c0*(_c1*_c1) if _c3 else _c2 + np.float32(-0.5)*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((np.float32(1.0) if _c1 > 0 else (np.float32(-1.0) if _c1 < 0 else _c1*np.float32(0.0)))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # ---------------------------------------------------------------- variant 0 (all), float64
@@ -95,67 +244,191 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
 @njit(cache=True, error_model="numpy")
 def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride, beta, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in range(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 15 ops
-            _c0 = (1.0/(beta))
-            _c1 = t - (x)
-            _c2 = abs(_c1)
-            _c3 = (beta > _c2)
-            l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
-            d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in range(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (0.5*(_c0*_c0)/beta if (_c1 < beta) else _c1 - 0.5*beta)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (0.5*(_c0*_c0)/beta if (_c1 < beta) else _c1 - 0.5*beta)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 8 ops
-            _c0 = t - (x)
-            _c1 = abs(_c0)
-            l = (0.5*(_c0*_c0)/beta if (_c1 < beta) else _c1 - 0.5*beta)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride, beta, gs, g_stride, scale, want_grad, store, losses, out_input, n):
     # One kernel for every entry point: the loss of each element (stored if ``store``), their
-    # float64 sum (returned), and with ``want_grad`` the gradients times g_i·scale.
-    acc = 0.0
-    for i in prange(n):
-        if want_grad:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss and gradient: 15 ops
-            _c0 = (1.0/(beta))
-            _c1 = t - (x)
-            _c2 = abs(_c1)
-            _c3 = (beta > _c2)
-            l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
-            d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
-            l = x if x != x else l
-            gi = gs[i * g_stride] * scale
-            out_input[i] = d_input * gi
+    # float64 sum (returned, unless ``store``), and with ``want_grad`` the gradients times g_i
+    # (g at stride 1, scale is then 1) or times scale (g at stride 0, folded into scale).
+    blocks = (n + _BLOCK - 1) // _BLOCK
+    partial = np.zeros(blocks)
+    for b in prange(blocks):
+        lo = b * _BLOCK
+        hi = min(n, lo + _BLOCK)
+        buf = losses[lo:hi] if store else np.empty(hi - lo, losses.dtype)
+        if not want_grad:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (0.5*(_c0*_c0)/beta if (_c1 < beta) else _c1 - 0.5*beta)
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss: 8 ops
+                    _c0 = t - (x)
+                    _c1 = abs(_c0)
+                    l = (0.5*(_c0*_c0)/beta if (_c1 < beta) else _c1 - 0.5*beta)
+                    l = x if x != x else l
+                    buf[i - lo] = l
+        elif g_stride == 0:
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * scale
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * scale
         else:
-            x = input_arr[i * input_stride]
-            t = target_arr[i * target_stride]
-            # loss: 8 ops
-            _c0 = t - (x)
-            _c1 = abs(_c0)
-            l = (0.5*(_c0*_c0)/beta if (_c1 < beta) else _c1 - 0.5*beta)
-            l = x if x != x else l
-        if store:
-            losses[i] = l
-        acc += l
-    return acc
+            if input_stride == 1 and target_stride == 1:
+                for i in range(lo, hi):
+                    x = input_arr[np.uint64(i)]
+                    t = target_arr[np.uint64(i)]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[np.uint64(i - lo)] = l
+                    out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
+            else:
+                for i in range(lo, hi):
+                    x = input_arr[i * input_stride]
+                    t = target_arr[i * target_stride]
+                    # loss and gradient: 15 ops
+                    _c0 = (1.0/(beta))
+                    _c1 = t - (x)
+                    _c2 = abs(_c1)
+                    _c3 = (beta > _c2)
+                    l = (0.5*_c0*(_c1*_c1) if _c3 else _c2 - 0.5*beta)
+                    d_input = (-(_c0*_c1) if _c3 else -((1.0 if _c1 > 0 else (-1.0 if _c1 < 0 else _c1*0.0))))
+                    l = x if x != x else l
+                    buf[i - lo] = l
+                    out_input[i] = d_input * gs[i]
+        if not store:
+            partial[b] = _block_sum(buf)
+    return _ordered_sum(partial)
 
 
 # Variant by the values of ().
@@ -308,6 +581,8 @@ def _run(fn, x, shape, size, code, denominator, variant, shapes, args, grad_outp
         if code != "none":
             scale = _scale(x, g[0], denominator)
             g, g_stride = np.ones(1, dtype=x.dtype), 0
+        elif g_stride == 0:
+            scale = g[0]  # the kernel multiplies by scale alone where g is one number
         outs = [np.empty(shape, dtype=x.dtype) for _ in ['input']]
         flat_outs = [o.reshape(-1) for o in outs]
     else:

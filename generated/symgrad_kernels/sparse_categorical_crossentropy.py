@@ -72,10 +72,12 @@ def _rows_v0_index_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_y_pred = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -118,10 +120,12 @@ def _rows_v0_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            d_y_pred = adj_L*_fn.exp_f32(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            e_L = _fn.exp_f32(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -298,10 +302,12 @@ def _rows_v0_index_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_y_pred = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -344,10 +350,12 @@ def _rows_v0_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         gr_ = gs[r_ * g_stride]
         adj_A_ce = gr_
         adj_L = adj_A_ce*dsum_A_ce_L
+        sc_L = adj_L / s_L
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            d_y_pred = adj_L*_fn.exp_f64(-(L) + x) + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            e_L = _fn.exp_f64(-(m_L) + x)
+            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
 
@@ -963,6 +971,29 @@ def _divide(numerator, denominator):
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
+@njit(cache=True)
+def _sum_at_targets(weight, target, ignore):
+    """Σ weight[t] over the targets t != ignore, in float64 (a weight of None counts them): one
+    pass over the targets, no masks or gathered copies."""
+    acc = 0.0
+    for o in range(target.shape[0]):
+        for c in range(target.shape[1]):
+            t = target[o, c]
+            if t != ignore:
+                acc += 1.0 if weight is None else np.float64(weight[t])
+    return acc
+
+
+def _mean_denominator(mode, args, view_shape):
+    """The 'mean' denominator, Σ of the rows' mean weights, before the kernel runs, so that the
+    kernel scales the gradient (no pass over it afterwards); None where only the rows know it."""
+    outer, _, inner = view_shape
+    if mode != "index":
+        return float(outer * inner)
+    target, ignore = args[-1], -1  # targets are all in [0, C)
+    return float(outer * inner)
+
+
 def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad_output, want_grad):
     outer, _, inner = view_shape
     losses = np.empty((outer, inner), dtype=ref.dtype)
@@ -976,6 +1007,11 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         g, g_stride = np.ones(1, dtype=ref.dtype), 0
         views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
+    scaled = False
+    if want_grad and code == "mean" and ref.size:
+        folded = _mean_denominator(mode, args, view_shape)
+        if folded:  # 0 (every row ignored) keeps the gradient's zeroing below
+            g, scaled = np.full(1, _divide(float(g[0]), folded), dtype=ref.dtype), True
     if ref.size:
         contig = inner == 1
         if contig:
@@ -986,10 +1022,10 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         return losses.reshape(sample_shape), grads
     if code == "mean":
         total = _divide(total, denominator)
-        if want_grad and denominator:
+        if want_grad and denominator and not scaled:
             for gr in grads:
                 gr *= ref.dtype.type(1.0 / denominator)
-        elif want_grad:
+        elif want_grad and not scaled:
             for gr in grads:
                 gr[...] = 0.0
     return ref.dtype.type(total), grads

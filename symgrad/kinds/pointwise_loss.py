@@ -25,7 +25,7 @@ from typing import ClassVar
 import mpmath
 import sympy as sp
 
-from symgrad.context import block, indent, param_context, sstr
+from symgrad.context import block, param_context, sstr
 from symgrad.derive import DerivationError, Proof, Step, function_proofs, stabilize
 from symgrad.functions import LibraryFunction, canonical_library, elementary_form, explicit_form
 from symgrad.kinds import Kind, register_kind
@@ -34,8 +34,9 @@ from symgrad.spec import OpSpec, Param, ParamValue, _fail
 
 SHAPE_RULES = ("broadcast", "input", "homoscedastic")
 # Names the pointwise template uses; operand symbols must not take them.
-_TEMPLATE_NAMES = frozenset({"i", "n", "acc", "l", "gi", "gs", "g_stride", "scale", "want_grad",
-                             "store", "losses", "math", "np", "_fn"})
+_TEMPLATE_NAMES = frozenset({"i", "n", "b", "lo", "hi", "buf", "blocks", "partial", "l", "gs",
+                             "g_stride", "scale", "want_grad", "store", "losses", "math", "np",
+                             "_fn"})
 
 
 @dataclass(frozen=True)
@@ -302,14 +303,39 @@ def _derive_pointwise_loss(spec: PointwiseLoss) -> PointwiseLossDerivation:
 # ------------------------------------------------------------------------------- template context
 
 
-def _load_lines(spec: PointwiseLoss, dt: str) -> list[str]:
-    lines = []
-    for o in spec.operands:
-        s = o.symbol.name
-        lines.append(f"{s} = {o.name}_arr[i * {o.name}_stride]")
-        if o.load is not None:
-            lines.append(f"{s} = {print_expr(o.load, dt)}  # read as; not differentiated")
+def _load_lines(o: Operand, dt: str, index: str) -> list[str]:
+    """Read an operand's element at ``index`` (applying its ``load``)."""
+    s = o.symbol.name
+    lines = [f"{s} = {o.name}_arr[{index}]"]
+    if o.load is not None:
+        lines.append(f"{s} = {print_expr(o.load, dt)}  # read as; not differentiated")
     return lines
+
+
+def _layouts(spec: PointwiseLoss, dt: str) -> list[dict[str, str]]:
+    """The loop versions, by the operands' strides (0 or 1, set by the wrapper), first match wins.
+
+    A load at ``i * stride`` with a run-time stride keeps LLVM from vectorizing the loop, as does
+    Numba's wraparound select on a signed index (so the unit-stride loops index with uint64):
+    every operand at unit stride; the optional / scalar_ok operands at stride 0 (mse's default
+    weight, a number for gaussian_nll's var) read once before the loop, the rest at unit stride;
+    and the general loop for any other mix.
+    """
+    hoist = [o for o in spec.operands if o.optional or o.scalar_ok]
+    u = "np.uint64(i)"
+    unit = {"test": " and ".join(f"{o.name}_stride == 1" for o in spec.operands),
+            "pre": "", "index": u, "load": "\n".join(line for o in spec.operands
+                                                    for line in _load_lines(o, dt, u))}
+    general = {"test": "True", "pre": "", "index": "i", "load": "\n".join(
+        line for o in spec.operands for line in _load_lines(o, dt, f"i * {o.name}_stride"))}
+    if not hoist:
+        return [unit, general]
+    hoisted = {"test": " and ".join(f"{o.name}_stride == {0 if o in hoist else 1}"
+                                    for o in spec.operands),
+               "pre": "\n".join(line for o in hoist for line in _load_lines(o, dt, "0")),
+               "index": u, "load": "\n".join(line for o in spec.operands if o not in hoist
+                                             for line in _load_lines(o, dt, u))}
+    return [unit, hoisted, general]
 
 
 def _nan_guard(spec: PointwiseLoss, names: list[str]) -> list[str]:
@@ -331,13 +357,12 @@ def _pointwise_loss_context(d: PointwiseLossDerivation) -> dict:
         guard = v.loss.has(sp.Piecewise, sp.Max, sp.Min)
         body: dict[str, dict[str, str]] = {"loss": {}, "both": {}}
         for dt in DTYPES:
-            load = _load_lines(spec, dt)
             lines, ops = block({"l": v.loss}, dt)
-            body["loss"][dt] = indent(load + [f"# loss: {ops} ops", *lines]
-                                      + (_nan_guard(spec, ["l"]) if guard else []), 12)
+            body["loss"][dt] = "\n".join([f"# loss: {ops} ops", *lines]
+                                         + (_nan_guard(spec, ["l"]) if guard else []))
             lines, ops = block({"l": v.loss, **dict(zip(grad_names, v.grads, strict=True))}, dt)
-            body["both"][dt] = indent(load + [f"# loss and gradient: {ops} ops", *lines]
-                                      + (_nan_guard(spec, ["l"]) if guard else []), 12)
+            body["both"][dt] = "\n".join([f"# loss and gradient: {ops} ops", *lines]
+                                         + (_nan_guard(spec, ["l"]) if guard else []))
         variants.append({
             "index": len(variants),
             "key": tuple(value for _, value in v.options),
@@ -369,8 +394,9 @@ def _pointwise_loss_context(d: PointwiseLossDerivation) -> dict:
         "mean_weight_index": names.index(spec.mean_weight) if spec.mean_weight else None,
         "diff_index": tuple(i for i, o in enumerate(spec.operands) if o.differentiable),
         "keywords": [(p.name, repr(p.default)) for p in spec.params],
-        "store": {"g": "\n".join(f"            out_{o.name}[i] = d_{o.name} * gi"
-                                 for o in diff_ops)},
+        "layouts": {dt: _layouts(spec, dt) for dt in DTYPES},
+        "store_g": {g: "\n".join(f"out_{o.name}[I_] = d_{o.name} * {g}" for o in diff_ops)
+                    for g in ("scale", "gs[I_]")},
     }
 
 

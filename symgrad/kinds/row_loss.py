@@ -669,10 +669,11 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
               "if not want_grad:", "    continue", "gr_ = gs[r_ * g_stride]"]
     body, _ = block({s.name: e for s, e in plan.adjoints}, dt)
     lines += body
-    if store:
-        e, scale = stored_exp(lses[0].symbol)
-        s = lses[0].symbol.name
-        lines.append(f"{scale.name} = {adjoint(lses[0].symbol).name} / s_{s}")
+    # The softmax as e/Σe (e = exp(a_j - max)) in every path, never exp(a_j - L): L = max +
+    # log Σe rounds to max in a row such as [max, max] (float32 max), which gave [1, 1].
+    for a in lses:
+        e, scale = stored_exp(a.symbol)
+        lines.append(f"{scale.name} = {adjoint(a.symbol).name} / s_{a.symbol.name}")
     for a in plan.aggregates:
         if a.reduce == "max" and any(p != 0 for p in a.partials):
             s = a.symbol.name
@@ -680,12 +681,14 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
             lines += [f"cnt_{s} = {cast}(0.0)", "for j_ in range(n_):"]
             lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", contig) + body]
             lines += [f"    if v_{s} == {s}:", f"        cnt_{s} += {cast}(1.0)"]
-    grads = plan.stored_grads if store else plan.grads
-    body, _ = block(dict(zip(grad_names, grads, strict=True)), dt)
+    grads = plan.stored_grads if lses else plan.grads
+    outputs = {} if store else {stored_exp(a.symbol)[0].name: sp.exp(
+        a.expr - sp.Symbol(f"m_{a.symbol.name}", real=True)) for a in lses}
+    body, _ = block({**outputs, **dict(zip(grad_names, grads, strict=True))}, dt)
     lines.append("for j_ in range(n_):")
     loads = _loads(spec, plan.mode, dt, "j_", contig)
     if store:
-        loads.append(f"{e.name} = {buf}[o_, j_]")
+        loads.append(f"{stored_exp(lses[0].symbol)[0].name} = {buf}[o_, j_]")
     lines += ["    " + x for x in loads + body]
     at = "[o_, j_]" if contig else "[o_, j_, c_]"
     for o, name in zip(diff_ops, grad_names, strict=True):
@@ -700,6 +703,22 @@ def _variant_test(spec: RowLoss, name: str) -> str:
     if name in dict(spec.target_flags):
         return f"_all_{name}(t.reshape(-1))"
     return f"bool({name})"
+
+
+def _mean_fold(spec: RowLoss) -> int | str | None:
+    """How the wrapper gets the index mode's 'mean' denominator before the kernel runs: "rows"
+    (a weight of 1 per row), the position of the class operand w when the mean weight is w at
+    the target (Σ w[target]), or None (only the kernel's rows know it: scaled afterwards)."""
+    if spec.index_mean_weight is None:
+        return "rows"
+    target = spec.target_symbol
+    for a in spec.aggregates:
+        if a.symbol != spec.index_mean_weight:
+            continue
+        for i, o in enumerate(spec.operands):
+            if o.role == "class" and target is not None and a.expr == o.symbol * target:
+                return i
+    return None
 
 
 def _row_loss_context(d: RowLossDerivation) -> dict:
@@ -737,6 +756,7 @@ def _row_loss_context(d: RowLossDerivation) -> dict:
         "target": {"name": spec.target_name, "mode": spec.targets,
                    "doc": spec.target_doc or "targets"},
         "ignore_index": spec.ignore_index,
+        "mean_fold": _mean_fold(spec),
         "class_dim": spec.class_dim,
         "flags": [{"name": p.name, "default": repr(p.default), "doc": p.doc or p.name}
                   for p in flags],
