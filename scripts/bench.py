@@ -36,8 +36,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numba
-import numpy as np
+# Idle OpenMP threads sleep instead of spinning (set before Numba and torch load their OpenMP
+# runtimes). With spinning waits the thread pools of the libraries this script runs side by side
+# (torch's, Numba's, XLA's) take the 2 cores from each other: a 5 ms kernel timed right after
+# another library's call measured 30-50 ms. It is the same setting for every library.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 import symgrad_kernels
 import sympy as sp
 
@@ -782,6 +788,9 @@ METHOD = """\
   functions expanded by `elementary_form`; rowwise ops and cross_entropy add the NumPy reductions
   (log-sum-exp, row sums) around the lambdified expressions.
 - Losses use reduction='mean' and are timed forward+backward fused (grad_output = 1).
+- OMP_WAIT_POLICY=PASSIVE for the whole run (unless set otherwise): idle OpenMP threads sleep.
+  With the default spinning waits, the thread pools of torch, Numba and XLA take the cores from
+  each other, and a kernel timed right after another library's call came out 5-10x slower.
 - Optimizer steps (Adam, torch.optim's default, foreach and fused paths) update the same
   parameters in place, one step per call. Their floor is not the copy but a Numba kernel with the
   step's memory traffic (read param, grad and both moments; write param and both moments) and next
