@@ -96,6 +96,13 @@ def _kernels() -> ModuleType:
     return symgrad_kernels
 
 
+def _op_kernels(spec) -> tuple[Callable, Callable, Callable]:
+    """The op's generated forward, backward and fused forward+backward."""
+    K = _kernels()
+    return tuple(getattr(K, f"{spec.name}_{kind}")
+                 for kind in ("forward", "backward", "forward_backward"))
+
+
 def _spec(key: str):
     """An op by name, or one formula of a variants op as ``name|choice``."""
     name, _, choice = key.partition("|")
@@ -477,10 +484,7 @@ def sweep_elementwise(spec, dtypes: Sequence[str], n: int, jobs: int, key: str |
     label = spec.name + "".join(f" [{k}={v!r}]" for k, v in options.items())
     d = derive(spec)
     thresholds = branch_thresholds(spec, spec.forward, X)
-    K = _kernels()
-    fwd = partial(getattr(K, f"{spec.name}_forward"), **options)
-    bwd = partial(getattr(K, f"{spec.name}_backward"), **options)
-    fused = partial(getattr(K, f"{spec.name}_forward_backward"), **options)
+    fwd, bwd, fused = (partial(fn, **options) for fn in _op_kernels(spec))
     results, notes = [], []
     for dtype in dtypes:
         dt = np.dtype(dtype)
@@ -585,10 +589,7 @@ def sweep_elementwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
     from symgrad.derive import branch_thresholds
     from symgrad.spec import X
 
-    K = _kernels()
-    fwd = getattr(K, f"{spec.name}_forward")
-    bwd = getattr(K, f"{spec.name}_backward")
-    fused = getattr(K, f"{spec.name}_forward_backward")
+    fwd, bwd, fused = _op_kernels(spec)
     results, notes = [], []
     for dtype in dtypes:
         dt = np.dtype(dtype)
@@ -750,10 +751,7 @@ def sweep_pointwise_loss(spec, dtypes: Sequence[str], n: int, jobs: int
     """ℓ(input, target, ...) with reduction='none' and its gradients, at the default options,
     over the input's elementwise points (or its domain) paired with values of the other required
     operands in theirs (see ``operand_points``)."""
-    K = _kernels()
-    fwd = getattr(K, f"{spec.name}_forward")
-    bwd = getattr(K, f"{spec.name}_backward")
-    fused = getattr(K, f"{spec.name}_forward_backward")
+    fwd, bwd, fused = _op_kernels(spec)
     required = [o for o in spec.operands if not o.optional]
     grads_of = [o.name for o in required if o.differentiable]
     results, notes = [], []
@@ -923,10 +921,7 @@ def rowwise_rows(dtype: str, n: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def sweep_rowwise(spec, dtypes: Sequence[str], n: int, jobs: int) -> tuple[list, list]:
-    K = _kernels()
-    fwd = getattr(K, f"{spec.name}_forward")
-    bwd = getattr(K, f"{spec.name}_backward")
-    fused = getattr(K, f"{spec.name}_forward_backward")
+    fwd, bwd, fused = _op_kernels(spec)
     results = []
     for dtype in dtypes:
         dt = np.dtype(dtype)
@@ -1013,10 +1008,7 @@ def sweep_class_index_loss(spec, dtypes: Sequence[str], n: int, jobs: int
                            ) -> tuple[list, list]:
     """Per row of ``rowwise_rows`` with a random class index: ℓ (reduction='none') and its
     gradient, at the default options (no weight, no label smoothing)."""
-    K = _kernels()
-    fwd = getattr(K, f"{spec.name}_forward")
-    bwd = getattr(K, f"{spec.name}_backward")
-    fused = getattr(K, f"{spec.name}_forward_backward")
+    fwd, bwd, fused = _op_kernels(spec)
     results = []
     for dtype in dtypes:
         dt = np.dtype(dtype)
