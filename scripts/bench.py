@@ -36,14 +36,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# Idle OpenMP threads sleep instead of spinning (set before Numba and torch load their OpenMP
-# runtimes). With spinning waits the thread pools of the libraries this script runs side by side
-# (torch's, Numba's, XLA's) take the 2 cores from each other: a 5 ms kernel timed right after
-# another library's call measured 30-50 ms. It is the same setting for every library.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+import numba
+import numpy as np
 import symgrad_kernels
 import sympy as sp
 
@@ -788,9 +782,9 @@ METHOD = """\
   functions expanded by `elementary_form`; rowwise ops and cross_entropy add the NumPy reductions
   (log-sum-exp, row sums) around the lambdified expressions.
 - Losses use reduction='mean' and are timed forward+backward fused (grad_output = 1).
-- OMP_WAIT_POLICY=PASSIVE for the whole run (unless set otherwise): idle OpenMP threads sleep.
-  With the default spinning waits, the thread pools of torch, Numba and XLA take the cores from
-  each other, and a kernel timed right after another library's call came out 5-10x slower.
+- OpenMP runs with its default (spinning) waits. OMP_WAIT_POLICY=PASSIVE was tried: it did not
+  remove the swings of the 10^7 fused rows, and every library's 10^5 calls (torch's and Numba's
+  parallel regions alike) became ~60 us slower from waking sleeping threads.
 - Optimizer steps (Adam, torch.optim's default, foreach and fused paths) update the same
   parameters in place, one step per call. Their floor is not the copy but a Numba kernel with the
   step's memory traffic (read param, grad and both moments; write param and both moments) and next
