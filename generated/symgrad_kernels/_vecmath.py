@@ -13,8 +13,9 @@ and returns float32; ``*_f64`` likewise in float64.
 
 Behaviour (checked by tests/test_vecmath.py):
   * Accuracy: the tests require <= 2 ULP against the exact result wherever that
-    result is a normal number; measured maxima are 0.65-1.12 ULP (100,000-point
-    sweeps for both dtypes, every finite input for float32).
+    result is a normal number (sigmoid 2.5, erfc 4); measured maxima are 0.65-1.12 ULP,
+    sigmoid 1.6 (float64) and 2.1 (float32) (100,000-point sweeps for both dtypes,
+    every finite input for float32).
   * nan -> nan; +-0.0 signs kept where the C library keeps them (expm1, log1p, tanh,
     erf); exp/expm1 overflow -> inf; log(0) = -inf, log(x < 0) = nan,
     log1p(-1) = -inf; tanh/erf(+-inf) = +-1; expm1(-inf) = -1; sigmoid(-inf) = 0.
@@ -107,6 +108,8 @@ _D_HIGH26 = -(1 << 27)
 
 _F32_MIN_NORMAL = _F(1.1754943508222875e-38)
 _D_MIN_NORMAL = 2.2250738585072014e-308
+_F32_2M64 = _F(5.421010862427522e-20)  # 2^-64
+_D_2M512 = 7.458340731200207e-155  # 2^-512
 _F32_INF = _F(np.inf)
 _F32_NAN = _F(np.nan)
 _D_INF = np.inf
@@ -694,33 +697,28 @@ def erfc_f64(x):
 
 @_jit
 def sigmoid_f32(x):
-    """Logistic 1 / (1 + e^-x), float32, stable for both signs; sigmoid(-inf) = 0."""
+    """Logistic 1 / (1 + e^-x), float32, stable for both signs; sigmoid(-inf) = 0.
+
+    With e = e^-|x| <= 1: 1/(1 + e) for x >= 0, e/(1 + e) for x < 0. e's error (1 ULP) is
+    damped by e/(1 + e) <= 1/2 or carried once, so the result is within 2.1 ULP; a
+    double-float form gets 1 ULP but costs 2.5x the time (measured, 10^7 elements).
+    """
     x = np.float32(x)
-    # e = e^-|x| <= 1 never overflows.  Everything up to e's pieces depends on |x| only,
-    # so that sigmoid(x) * sigmoid(-x) in one loop shares it after inlining (one exp, not
-    # two: LLVM folds abs(-x) to abs(x)).  Beyond +-104 (nan too) the lanes compute at 0
-    # and get their result from the selects at the end.
-    a = abs(x)
-    a = a if a < _F(104.0) else _F(0.0)
-    n, r1, c = _exp_reduce_f32(-a)
-    # e = (ph + pl) 2^n carried unrounded: rounding e first would cost up to 1 ULP
-    ph, pl = _exp_pair_f32(_F(1.0), r1, c)
-    d = min(n + 125, 0)  # 2^n = 2^(n-d) 2^d, see _scaled_exp_f32
-    s1 = _pow2_f32(n - d)
-    s2 = _pow2_f32(d)
-    # sc = 2^max(n, -60): the correction terms, and e itself where x >= 0, stay clear of
-    # (slow) subnormals; where n < -60 both are far below an ULP of 1 + e and the result
-    # rounds to 1 either way
-    sc = _pow2_f32(max(n, -60))
+    # Everything up to e depends on |x| only, so that sigmoid(x) * sigmoid(-x) in one loop
+    # shares it after inlining (one exp, not two: LLVM folds abs(-x) to abs(x)). Lanes
+    # beyond +-104 (inf, nan) compute garbage and take their result from the selects.
+    na = -abs(x)
+    t = na * _F32_LOG2E + _F32_ROUND
+    k = t - _F32_ROUND
+    n = np.float32(t).view(np.int32) - _F32_ROUND_BITS  # in [-150, 0]
+    r = (na - k * _F32_LN2_HI) - k * _F32_LN2_LO
+    p = _F(1.0) + (r + _expm1_poly_f32(r))  # e = p 2^n
+    # Below 2^-126 e is flushed: 1 + e rounds to 1 there anyway.
+    e = p * _pow2_f32(max(n, -126))
     pos = x >= _F(0.0)
-    eh = ph * (sc if pos else s1) * (_F(1.0) if pos else s2)
-    hi = _F(1.0) + eh
-    lo = ((_F(1.0) - hi) + eh) + pl * sc  # 1 + e = hi + lo
-    # x >= 0: 1/(1+e) = q - q*q*lo with q = 1/hi.
-    # x < 0: e/(1+e) = 2^n (q + (pl - q*lo)/hi) with q = ph/hi and 1/hi = 1 - q*2^n.
-    q = (_F(1.0) if pos else ph) / hi
-    corr = ((_F(0.0) if pos else pl) - q * lo) * (q if pos else _F(1.0) - q * sc)
-    res = (q + corr) * (_F(1.0) if pos else s1) * (_F(1.0) if pos else s2)
+    q = (_F(1.0) if pos else p) / (_F(1.0) + e)
+    # x < 0: e/(1 + e) = q 2^n, rounded once even when subnormal: q 2^(n+64) is exact.
+    res = q * (_F(1.0) if pos else _pow2_f32(n + 64)) * (_F(1.0) if pos else _F32_2M64)
     res = res if x > _F(-104.0) else _F(0.0)
     res = res if x < _F(104.0) else _F(1.0)
     return x if x != x else res
@@ -728,23 +726,21 @@ def sigmoid_f32(x):
 
 @_jit
 def sigmoid_f64(x):
-    """Logistic 1 / (1 + e^-x), float64, stable for both signs; sigmoid(-inf) = 0."""
+    """Logistic 1 / (1 + e^-x), float64, stable for both signs; sigmoid(-inf) = 0.
+
+    As sigmoid_f32 (within 1.6 ULP; 2x faster than a double-float form).
+    """
     x = np.float64(x)
-    a = abs(x)  # as sigmoid_f32: e's pieces depend on |x| only
-    a = a if a < 746.0 else 0.0
-    n, r1, c = _exp_reduce_f64(-a)
-    ph, pl = _exp_pair_f64(1.0, r1, c)
-    d = min(n + 1021, 0)
-    s1 = _pow2_f64(n - d)
-    s2 = _pow2_f64(d)
-    sc = _pow2_f64(max(n, -600))
+    na = -abs(x)
+    t = na * _D_LOG2E + _D_ROUND
+    k = t - _D_ROUND
+    n = np.float64(t).view(np.int64) - _D_ROUND_BITS  # in [-1077, 0]
+    r = (na - k * _D_LN2_HI) - k * _D_LN2_LO
+    p = 1.0 + (r + _expm1_poly_f64(r))
+    e = p * _pow2_f64(max(n, -1022))
     pos = x >= 0.0
-    eh = ph * (sc if pos else s1) * (1.0 if pos else s2)
-    hi = 1.0 + eh
-    lo = ((1.0 - hi) + eh) + pl * sc
-    q = (1.0 if pos else ph) / hi
-    corr = ((0.0 if pos else pl) - q * lo) * (q if pos else 1.0 - q * sc)
-    res = (q + corr) * (1.0 if pos else s1) * (1.0 if pos else s2)
+    q = (1.0 if pos else p) / (1.0 + e)
+    res = q * (1.0 if pos else _pow2_f64(n + 512)) * (1.0 if pos else _D_2M512)
     res = res if x > -746.0 else 0.0
     res = res if x < 746.0 else 1.0
     return x if x != x else res
