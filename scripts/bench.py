@@ -770,7 +770,12 @@ METHOD = """\
   alike; rounds go on for {budget} s per library, at least 5 and at most 50 of them, so
   10^7-element passes run a handful of times and 10^3-element ones thousands.
 - Every library allocates its outputs, as in normal use; the copy floor (np.copyto of the input into
-  a preallocated array: read n elements, write n) does not.
+  a preallocated array: read n elements, write n) does not. The script re-executes itself with
+  glibc keeping freed memory in the process (see Allocator above), so a 10^7-element output reuses
+  pages already mapped, as the floor's does, for every library alike. With glibc's defaults each
+  output above 32 MiB comes fresh from the kernel, page-faulted and zeroed on every call (about
+  2 ms per 40 MB here), and on this VM, which hands freed pages back to its host, some calls stall
+  for 50-100 ms: `--system-malloc` measures that.
 - symgrad: the generated kernels (`symgrad_kernels.OP_forward`, `OP_backward` from the saved output
   y where the op has an output form, else from x, `OP_forward_backward`).
 - numpy: a plain NumPy expression of the same math (scipy.special.erf for gelu).
@@ -830,6 +835,31 @@ def markdown(bench: Bench, thread_info: dict[str, str], run_info: dict[str, str]
 # --------------------------------------------------------------------------------------------
 
 
+# glibc serves every allocation above its mmap threshold (32 MiB at most by default) with fresh
+# pages from the kernel and returns them on free, so every 10^7-element output is page-faulted and
+# zeroed anew and, on a VM that reports freed pages to its host, now and then stalls 50-100 ms
+# while the host backs them again. That is the allocator and the machine, not the op, and it
+# swamps the 10^7 rows at random. So the script re-executes itself with glibc keeping freed memory
+# in the process (its tunables are read only at start-up); --system-malloc keeps the defaults.
+RETAINED_HEAP = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
+
+
+def _reexec_with_retained_heap() -> None:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if ("--system-malloc" in sys.argv[1:] or "glibc.malloc.mmap_threshold" in tunables
+            or not sys.platform.startswith("linux")):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, RETAINED_HEAP])))
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def allocator() -> str:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.mmap_threshold" in tunables:
+        return f"glibc, freed memory kept in the process (GLIBC_TUNABLES={tunables})"
+    return "the C library's defaults (--system-malloc, or not glibc on Linux)"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [op.name for op in (*UNARY_OPS, *LOSSES, *STEPS)]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -841,6 +871,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="only 1e3 and 1e5 elements")
     parser.add_argument("--budget", type=float, default=BUDGET_S, metavar="SECONDS",
                         help=f"time spent sampling each measurement (default {BUDGET_S})")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default allocator (fresh pages for every large "
+                             "output) instead of a heap that keeps freed memory")
     parser.add_argument("--markdown", nargs="?", const=MARKDOWN, type=Path, metavar="PATH",
                         help=f"also write the table to PATH (default {MARKDOWN.name})")
     args = parser.parse_args(argv)
@@ -875,6 +908,7 @@ def main(argv: list[str] | None = None) -> int:
               (("torch", torch), ("jax", jax)) if mod is None]
     for k, v in thread_info.items():
         print(f"# threads, {k}: {v}")
+    print(f"# allocator: {allocator()}")
     for note in notes:
         print(f"# {note}")
 
@@ -895,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             pass
         run_info = {"Command": f"`{command}` (took {elapsed / 60:.1f} min)",
+                    "Allocator": allocator(),
                     "Load average (1 min)": f"{load_before:.2f} before the run, "
                                             f"{load_after:.2f} after"}
         args.markdown.write_text(markdown(bench, thread_info, run_info))
@@ -903,4 +938,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    _reexec_with_retained_heap()
     sys.exit(main())
