@@ -74,6 +74,7 @@ REFERENCE = {
     "erf": mpmath.erf,
     "erfc": _erfc_ref,
     "sigmoid": _sigmoid_ref,
+    "exp_nonpos": mpmath.exp,  # swept over x <= 0 only (test_exp_nonpos_sweep)
 }
 
 # Where each function is not trivially constant/overflowing: half of the sweep points
@@ -87,6 +88,7 @@ CORE = {
     "erf": {"f32": (-4.0, 4.0), "f64": (-6.0, 6.0)},
     "erfc": {"f32": (-4.0, 10.1), "f64": (-6.0, 27.3)},
     "sigmoid": {"f32": (-104.0, 20.0), "f64": (-746.0, 40.0)},
+    "exp_nonpos": {"f32": (-104.0, 0.0), "f64": (-746.0, 0.0)},
 }
 
 
@@ -211,6 +213,23 @@ def test_accuracy_sweep(name: str, suffix: str) -> None:
     limit = MAX_ULP_OF.get(name, MAX_ULP)
     assert res.max_ulp <= limit, f"{res.max_ulp:.3f} ULP at x={res.worst_x!r}"
     assert res.max_subnormal_steps <= MAX_SUBNORMAL_STEPS_OF.get(name, MAX_SUBNORMAL_STEPS)
+
+
+@pytest.mark.parametrize("suffix", DTYPES)
+def test_exp_nonpos_sweep(suffix: str) -> None:
+    """exp_nonpos (softmax's e^(x - max)) is exp's accuracy on its domain, x <= 0."""
+    x = -np.abs(sample_points("exp_nonpos", suffix, TEST_POINTS, seed=4321))
+    res = sweep("exp_nonpos", suffix, x)
+    assert not res.failures, res.failures[:10]
+    assert res.max_ulp <= MAX_ULP, f"{res.max_ulp:.3f} ULP at x={res.worst_x!r}"
+    assert res.max_subnormal_steps <= MAX_SUBNORMAL_STEPS
+    edge = {"f32": (-104.0, -103.0, 1.401298464324817e-45),
+            "f64": (-746.0, -745.0, 5e-324)}[suffix]
+    specials = [(NAN, NAN), (-INF, 0.0), (0.0, 1.0), (-0.0, 1.0), (edge[0], 0.0),
+                (edge[1], edge[2])]
+    got = evaluate("exp_nonpos", suffix, np.array([v for v, _ in specials], DTYPES[suffix]))
+    for (v, want), y in zip(specials, got.tolist(), strict=True):
+        assert _same(y, want), (v, y, want)
 
 
 @pytest.mark.parametrize("suffix", DTYPES)
