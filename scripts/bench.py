@@ -801,6 +801,63 @@ METHOD = """\
 """
 
 
+# The issues' speed targets, checked on every run: (name, which rows, symgrad must be at
+# least this many times faster than each column; "copy" is a ceiling on symgrad/copy instead).
+Target = tuple[str, Callable[[Row], bool], dict[str, float]]
+
+
+def _rowwise(row: Row) -> bool:
+    return "(N," in row.op
+
+
+def _elementwise(row: Row) -> bool:
+    return any(row.op == op.name for op in UNARY_OPS)
+
+
+TARGETS: tuple[Target, ...] = (
+    ("10^7 elementwise forward: >= PyTorch, <= 1.3x the copy",
+     lambda r: r.numel == 10**7 and _elementwise(r) and r.pass_ == "forward",
+     {"torch": 1.0, "copy": 1.3}),
+    ("10^7 fused forward+backward: >= 3x PyTorch autograd, >= 1.5x JAX",
+     lambda r: r.numel == 10**7 and (_elementwise(r) or _rowwise(r)) and r.pass_ == "fwd+bwd",
+     {"torch": 3.0, "jax": 1.5}),
+    ("10^7 softmax / log_softmax forward: >= 1.5x PyTorch, >= JAX",
+     lambda r: r.numel == 10**7 and _rowwise(r) and r.pass_ == "forward",
+     {"torch": 1.5, "jax": 1.0}),
+    ("10^7 cross_entropy forward+backward: >= 3x PyTorch, >= 2x JAX",
+     lambda r: r.numel == 10**7 and r.op.startswith("cross_entropy"),
+     {"torch": 3.0, "jax": 2.0}),
+    ("10^7 Adam step: >= 1.5x the fastest torch.optim path",
+     lambda r: r.numel == 10**7 and r.pass_ == "step" and "fused" in r.op,
+     {"torch": 1.5}),
+    ("10^3 elements, every pass: no slower than PyTorch per call",
+     lambda r: r.numel == 10**3, {"torch": 1.0}),
+)
+
+
+def target_lines(rows: list[Row]) -> list[str]:
+    """Per target: how many rows meet it, and each row that misses, with its ratios."""
+    lines = ["| target | rows | met | missed (ratio against the bound) |", "|---|---:|---:|---|"]
+    for name, selects, bounds in TARGETS:
+        chosen = [r for r in rows if selects(r) and "symgrad" in r.seconds]
+        if not chosen:
+            continue
+        missed = []
+        for r in chosen:
+            sg = r.seconds["symgrad"]
+            misses = []
+            for col, bound in bounds.items():
+                if col == "copy" and sg / r.copy > bound:
+                    misses.append(f"{sg / r.copy:.2g}x copy")
+                elif col != "copy" and col in r.seconds and r.seconds[col] / sg < bound:
+                    misses.append(f"{col} {r.seconds[col] / sg:.2g}x")
+            if misses:
+                missed.append(f"{r.op} {r.pass_} {r.dtype}: {', '.join(misses)}")
+        shown = "; ".join(missed) if missed else "none"
+        lines.append(f"| {name} | {len(chosen)} | {len(chosen) - len(missed)} | {shown} |")
+    return lines
+
+
 def markdown(bench: Bench, thread_info: dict[str, str], run_info: dict[str, str]) -> str:
     lines = [
         "# Benchmarks",
@@ -819,6 +876,13 @@ def markdown(bench: Bench, thread_info: dict[str, str], run_info: dict[str, str]
         "## Method",
         "",
         METHOD.format(budget=bench.budget),
+        "## Targets",
+        "",
+        "The speed targets of the issues, checked against this run (ratios: LIB/symgrad; the",
+        "README says why the misses are missed).",
+        "",
+        *target_lines(bench.rows),
+        "",
         "## Results",
         "",
         "Times in milliseconds.",
