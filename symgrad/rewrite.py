@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from symgrad.functions import expm1, log1p, sigmoid, softplus
+from symgrad.functions import expm1, log1p, logsigmoid, sigmoid, softplus
 
 Z = sp.Symbol("z", real=True)  # the argument of the rewrites' examples
 W = sp.Symbol("w", real=True)  # a second one (log-sum-exp, BCE targets)
@@ -593,6 +593,48 @@ _register(Rewrite(
     parts=("sigmoid", "one_minus_sigmoid", "logsigmoid", "softplus", "softplus_max_form"),
 ))
 
+# -- a·u - c·log σ(u): the linear term folded into the branch of |u| ------------------------------
+
+def _linear_logsigmoid_value(add: sp.Basic) -> sp.Expr | None:
+    """a·u - c·log σ(u) (a, c free of u) -> [u >= 0: a·u; else (a - c)·u] + c·log1p(e^-|u|).
+
+    -c·log σ(u) = c·max(-u, 0) + c·log1p(e^-|u|), and a·u + c·max(-u, 0) is a·u for u >= 0 and
+    (a - c)·u below: each branch is one product, which overflows only where the result does."""
+    terms = list(add.args)
+    for k, term in enumerate(terms):
+        found = [f for f in sp.Mul.make_args(term) if isinstance(f, logsigmoid)]
+        if len(found) != 1:
+            continue
+        u = found[0].args[0]
+        c = -term / found[0]
+        if c.has(logsigmoid) or (c.free_symbols & u.free_symbols):
+            continue
+        a, rest = sp.S.Zero, []
+        for i, other in enumerate(terms):
+            if i == k:
+                continue
+            ratio = sp.cancel(other / u)
+            if not (ratio.free_symbols & u.free_symbols) and not ratio.has(sp.Function):
+                a += ratio
+            else:
+                rest.append(other)
+        if a == 0:
+            continue
+        below = sp.factor(sp.expand(a - c))
+        linear = sp.Piecewise((a * u, u >= 0), (below * u, True))
+        return sp.Add(*rest) + linear + c * log1p(sp.exp(-sp.Abs(u)))
+    return None
+
+
+_register(Rewrite(
+    "linear_logsigmoid", "a·u - c·log σ(u) -> [u >= 0 ? a·u : (a - c)·u] + c·log1p(e^-|u|)",
+    "for u < 0, a·u and -c·log σ(u) ≈ -c·u are both large and cancel to (a - c)·u: a·u overflows "
+    "(BCE-with-logits with a target outside [0, 1] at u = -1.6e38 in float32: (1 - t)·u is -inf "
+    "where the loss is -2.7e38)",
+    _replace(lambda e: isinstance(e, sp.Add) and e.has(logsigmoid), _linear_logsigmoid_value),
+    (1 - W) * Z - logsigmoid(Z), ((-1.6e308, -0.5), (-1e308, -0.8)),
+))
+
 # Applied to every kernel expression, in this order (see stabilize). Library functions come first
 # so that log1p/expm1 never see the overflow-prone log(1 + e^u).
 DEFAULT: tuple[str, ...] = (
@@ -604,7 +646,7 @@ DEFAULT: tuple[str, ...] = (
 # coefficient of size >= 1 last: CSE writes σ·(4 - 4σ) as -4·σ·(σ - 1), and mish' must not
 # evaluate -4·x first, which overflows for |x| > max/4 where the result is finite.)
 OPT_IN: tuple[str, ...] = ("branch_exp_guard", "bce_with_logits", "softplus_max_form",
-                           "log_one_minus_sigmoid")
+                           "log_one_minus_sigmoid", "linear_logsigmoid")
 # What the mpmath references of symgrad.accuracy add, so that 50 digits stay 50 digits whatever
 # the default chain holds: mpmath has erfc, and constants in products do not overflow there.
 REFERENCE_EXTRA: tuple[str, ...] = ("erfc", "sech_squared")

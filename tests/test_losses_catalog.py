@@ -253,7 +253,8 @@ def _focal_against_mpmath(x, t, gamma):
         return ((0.25 * label + 0.75 * (1 - label)) * ce
                 * (1 / (1 + mp.exp(v)) if label else 1 / (1 + mp.exp(-v))) ** gamma)
 
-    with mp.workdps(40):
+    # 200 digits: (1 - t)·v + log1p(e^-v) cancels by 44 digits at v = -100, t = 0
+    with mp.workdps(200):
         want = [exact(mp.mpf(v), label) for v, label in zip(x, t, strict=True)]
         slopes = [mp.diff(lambda h, v=v, label=label: exact(mp.mpf(v) + h, label), 0)
                   for v, label in zip(x, t, strict=True)]
@@ -374,6 +375,11 @@ INF_NAN_CASES = [
 ]
 
 
+# bce_with_logits(-inf; t = 0.5) = lim 0.5·|x| = inf (the linear_logsigmoid form).
+LIMITS_WHERE_TORCH_IS_NAN = {"binary_cross_entropy_with_logits": np.array([np.nan, np.inf, np.nan,
+                                                                          np.nan, np.nan, np.nan])}
+
+
 @pytest.mark.parametrize("name,reference,targets", INF_NAN_CASES, ids=[c[0] for c in
                                                                         INF_NAN_CASES])
 def test_inf_and_nan_inputs_follow_torch(name, reference, targets):
@@ -383,6 +389,9 @@ def test_inf_and_nan_inputs_follow_torch(name, reference, targets):
          "prob": np.array([0.5, 0.5, 0.5, 0.0, 1.0, 0.25])}[targets]
     xt = torch.tensor(x)
     want = reference(xt, torch.tensor(t), reduction="none").numpy()
+    # Where torch's formula is inf - inf but the limit exists, ours gives the limit.
+    want = np.where(np.isnan(want) & ~np.isnan(x), LIMITS_WHERE_TORCH_IS_NAN.get(name, want),
+                    want)
     assert_close(_kernel(name, "forward")(x, t, reduction="none"), want, np.float64, name)
 
 
@@ -698,3 +707,108 @@ def test_list_and_latex_show_every_loss_with_its_reduction(capsys):
     assert r"\frac{1}{B}" in capsys.readouterr().out
     assert main(["latex", "mse_loss"]) == 0
     assert r"\sum_i weight_i" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------- extreme inputs
+# Finite inputs whose true result is finite must give a finite result (issue 4): the points are
+# from the accuracy sweep, where the kernels gave inf/nan before. Checked against the textbook
+# formula in mpmath, and against torch in float64 where torch is finite there.
+
+def _ulps_close(got, want, dtype, ulps: float, what: str) -> None:
+    got = np.asarray(got, dtype=np.float64)
+    assert np.all(np.isfinite(got)), f"{what}: not finite: {got}"
+    eps = float(np.finfo(dtype).eps)
+    err = np.abs(got - np.asarray(want)) / (np.abs(np.asarray(want)) * eps)
+    assert np.all(err <= ulps), f"{what}: {err.max():.1f} ULP (got {got}, want {want})"
+
+
+GAUSS_EXTREMES = {
+    np.float32: [(1.8069090079213913e+31, 0.9525145888328552, 7.303501971267142e+28),
+                 (3.4745173622112117e+31, 3.474516878640884e+31, 2.4746557935308615e+24),
+                 (-4.7482656029347043e+30, 0.0, 4.170408915418819e+23),
+                 (-1.556372694201146e+23, 0.0, 1845949429186560.0)],
+    np.float64: [(1.4274034080467901e+253, 0.9525145745915263, 2.3732884499958907e+230),
+                 (7.149610691593696e+191, 0.0, 2.1043269120361555e+186),
+                 (5.3257434222999265e+160, 0.6257429095728544, 2.8035412952265254e+17)],
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_nll_is_finite_where_the_square_overflows(dtype):
+    """(x - t)² overflows where (x - t)²/var and its gradients are finite: the kernels go
+    through r = (x - t)/var and h = r/2."""
+    x, t, v = (np.array(c, dtype=dtype) for c in zip(*GAUSS_EXTREMES[dtype], strict=True))
+    loss, dx, dv = _kernel("gaussian_nll_loss", "forward_backward")(x, t, v, 1.0,
+                                                                    reduction="none")
+    with mp.workdps(60):
+        d = [mp.mpf(float(a)) - mp.mpf(float(b)) for a, b in zip(x, t, strict=True)]
+        vv = [mp.mpf(float(c)) for c in v]
+        want_l = [float((mp.log(c) + e**2 / c) / 2) for e, c in zip(d, vv, strict=True)]
+        want_x = [float(e / c) for e, c in zip(d, vv, strict=True)]
+        want_v = [float((1 / c - e**2 / c**2) / 2) for e, c in zip(d, vv, strict=True)]
+    for got, want, what in ((loss, want_l, "loss"), (dx, want_x, "d/dx"), (dv, want_v, "d/dvar")):
+        _ulps_close(got, want, dtype, 8, f"gaussian_nll {what}")
+    forward = _kernel("gaussian_nll_loss", "forward")(x, t, v, reduction="none")
+    assert np.array_equal(forward, loss)
+    # torch in float64 on the float32 points (torch overflows on the float64 ones, as ours did)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    vt = torch.tensor(v.astype(np.float64), requires_grad=True)
+    ref = F.gaussian_nll_loss(xt, torch.tensor(t.astype(np.float64)), vt, reduction="none")
+    ref.sum().backward()
+    for got, want in ((loss, ref.detach()), (dx, xt.grad), (dv, vt.grad)):
+        want = want.numpy()
+        ok = np.isfinite(want)
+        assert ok.any() or dtype == np.float64
+        if ok.any():
+            _ulps_close(got[ok], want[ok], dtype, 8, "gaussian_nll vs torch float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_is_finite_where_the_linear_term_overflows(dtype):
+    """Targets outside [0, 1] at logits near -max: (1 - t)·x overflows where the loss, -t·x
+    plus log1p(e^x), is finite (the linear_logsigmoid rewrite)."""
+    x, t = {np.float32: ([-1.5606664138782163e+38, -1.0551764379384393e+38, -3e38, 2e38],
+                         [-1.728230357170105, -2.823282241821289, 0.5, 0.25]),
+            np.float64: ([-1.316128578765996e+308, -1e308, 1e308],
+                         [-0.7980720733288238, 0.5, 0.25])}[dtype]
+    x, t = np.array(x, dtype=dtype), np.array(t, dtype=dtype)
+    loss, grad = _kernel("binary_cross_entropy_with_logits", "forward_backward")(
+        x, t, 1.0, reduction="none")
+    with mp.workdps(60):
+        pts = [(mp.mpf(float(a)), mp.mpf(float(b))) for a, b in zip(x, t, strict=True)]
+        want = [float((1 - b) * a + mp.log1p(mp.exp(-a))) for a, b in pts]
+    _ulps_close(loss, want, dtype, 4, "bce_with_logits")
+    assert np.array_equal(_kernel("binary_cross_entropy_with_logits", "forward")(
+        x, t, reduction="none"), loss)
+    assert np.all(np.isfinite(grad))
+    ref = F.binary_cross_entropy_with_logits(torch.tensor(x.astype(np.float64)),
+                                             torch.tensor(t.astype(np.float64)),
+                                             reduction="none").numpy()
+    ok = np.isfinite(ref)
+    _ulps_close(loss[ok], ref[ok], dtype, 4, "bce_with_logits vs torch float64")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits_unchanged_for_ordinary_inputs(dtype):
+    """x >= 0 takes the same operations as before the rewrite; x < 0 computes -t·x directly."""
+    x = _rng(3).normal(0, 20, 64).astype(dtype)
+    t = _rng(4).uniform(0, 1, 64).astype(dtype)
+    got = _kernel("binary_cross_entropy_with_logits", "forward")(x, t, reduction="none")
+    want = F.binary_cross_entropy_with_logits(torch.tensor(x), torch.tensor(t),
+                                              reduction="none").numpy()
+    assert_close(got, want, dtype, "bce_with_logits ordinary")
+
+
+def test_sigmoid_focal_loss_is_finite_where_the_linear_term_overflows():
+    """float32, targets outside [0, 1]: (1 - t)·x overflows where the loss is finite."""
+    x = np.array([-3e38, -2e38], dtype=np.float32)
+    t = np.array([-0.2, -0.5], dtype=np.float32)
+    loss = _kernel("sigmoid_focal_loss", "forward")(x, t)
+    with mp.workdps(60):
+        want = []
+        for a, b in zip(x, t, strict=True):
+            a, b = mp.mpf(float(a)), mp.mpf(float(b))
+            ce = (1 - b) * a + mp.log1p(mp.exp(-a))
+            m = b / (1 + mp.exp(a)) + (1 - b) / (1 + mp.exp(-a))
+            want.append(float((0.25 * b + 0.75 * (1 - b)) * ce * m**2))
+    _ulps_close(loss, want, np.float32, 8, "sigmoid_focal_loss")

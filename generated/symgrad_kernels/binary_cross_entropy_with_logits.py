@@ -3,7 +3,7 @@
 # Inlined helpers: _functions.py + _vecmath.py digest 8efbaa06a6f83a9d (a change recompiles).
 """binary_cross_entropy_with_logits: Sigmoid + binary cross-entropy on logits, computed through log σ.
 
-Per element:  l = weight*(x*(1 - t) - (t*(pos_weight - 1) + 1)*logsigmoid(x))
+Per element:  l = weight*((t*(pos_weight - 1) + 1)*softplus(-Abs(x)) + Piecewise((x*(1 - t), x >= 0), (-pos_weight*t*x, True)))
 Gradient:     dl/dx = weight*(pos_weight*t*sigmoid(x) - pos_weight*t - t*sigmoid(x) + sigmoid(x))
 Reduction:    'none' keeps l; 'sum' adds; 'mean' divides the sum by the number of elements.
 See `python -m symgrad latex binary_cross_entropy_with_logits` for the derivation.
@@ -48,8 +48,8 @@ def _loss_none_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         for i in range(n):
             x = xs[i]
             t = ts[i]
-            # loss: 10 ops
-            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
             out[i] = l
     else:
         for i in range(n):
@@ -57,8 +57,8 @@ def _loss_none_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss: 10 ops
-            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
             out[i] = l
 
 
@@ -109,22 +109,22 @@ def _fused_none_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             for i in range(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * g0
         else:
             for i in range(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * gs[i]
     else:
@@ -133,11 +133,11 @@ def _fused_none_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss and gradient: 18 ops
-            _c0 = _fn.sigmoid_f32(x)
-            _c1 = pos_weight*t
-            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            # loss and gradient: 23 ops
+            _c0 = pos_weight*t
+            _c1 = _fn.sigmoid_f32(x)
+            l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+            dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
             losses[i] = l
             out[i] = dl * gs[i * g_stride]
 
@@ -156,8 +156,8 @@ def _loss_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss: 10 ops
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         else:
             for i in range(lo, hi):
@@ -165,8 +165,8 @@ def _loss_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss: 10 ops
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         partial[b] = _block_sum(buf)
     return _ordered_sum(partial)
@@ -186,11 +186,11 @@ def _fused_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         else:
@@ -199,11 +199,11 @@ def _fused_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         partial[b] = _block_sum(buf)
@@ -218,8 +218,8 @@ def _loss_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         for i in prange(n):
             x = xs[i]
             t = ts[i]
-            # loss: 10 ops
-            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
             out[i] = l
     else:
         for i in prange(n):
@@ -227,8 +227,8 @@ def _loss_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss: 10 ops
-            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
             out[i] = l
 
 
@@ -279,22 +279,22 @@ def _fused_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             for i in prange(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * g0
         else:
             for i in prange(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * gs[i]
     else:
@@ -303,11 +303,11 @@ def _fused_none_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss and gradient: 18 ops
-            _c0 = _fn.sigmoid_f32(x)
-            _c1 = pos_weight*t
-            l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            # loss and gradient: 23 ops
+            _c0 = pos_weight*t
+            _c1 = _fn.sigmoid_f32(x)
+            l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+            dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
             losses[i] = l
             out[i] = dl * gs[i * g_stride]
 
@@ -326,8 +326,8 @@ def _loss_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss: 10 ops
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         else:
             for i in range(lo, hi):
@@ -335,8 +335,8 @@ def _loss_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss: 10 ops
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         partial[b] = _block_sum(buf)
     return _ordered_sum(partial)
@@ -356,11 +356,11 @@ def _fused_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         else:
@@ -369,11 +369,11 @@ def _fused_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f32(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t + np.float32(-1.0)) + (t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.logsigmoid_f32(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f32(x)
+                l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         partial[b] = _block_sum(buf)
@@ -391,8 +391,8 @@ def _loss_none_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         for i in range(n):
             x = xs[i]
             t = ts[i]
-            # loss: 10 ops
-            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
             out[i] = l
     else:
         for i in range(n):
@@ -400,8 +400,8 @@ def _loss_none_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss: 10 ops
-            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
             out[i] = l
 
 
@@ -452,22 +452,22 @@ def _fused_none_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             for i in range(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * g0
         else:
             for i in range(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * gs[i]
     else:
@@ -476,11 +476,11 @@ def _fused_none_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss and gradient: 18 ops
-            _c0 = _fn.sigmoid_f64(x)
-            _c1 = pos_weight*t
-            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            # loss and gradient: 23 ops
+            _c0 = pos_weight*t
+            _c1 = _fn.sigmoid_f64(x)
+            l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+            dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
             losses[i] = l
             out[i] = dl * gs[i * g_stride]
 
@@ -499,8 +499,8 @@ def _loss_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss: 10 ops
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         else:
             for i in range(lo, hi):
@@ -508,8 +508,8 @@ def _loss_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss: 10 ops
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         partial[b] = _block_sum(buf)
     return _ordered_sum(partial)
@@ -529,11 +529,11 @@ def _fused_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         else:
@@ -542,11 +542,11 @@ def _fused_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         partial[b] = _block_sum(buf)
@@ -561,8 +561,8 @@ def _loss_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         for i in prange(n):
             x = xs[i]
             t = ts[i]
-            # loss: 10 ops
-            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
             out[i] = l
     else:
         for i in prange(n):
@@ -570,8 +570,8 @@ def _loss_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss: 10 ops
-            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+            # loss: 16 ops
+            l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
             out[i] = l
 
 
@@ -622,22 +622,22 @@ def _fused_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             for i in prange(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * g0
         else:
             for i in prange(n):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 losses[i] = l
                 out[i] = dl * gs[i]
     else:
@@ -646,11 +646,11 @@ def _fused_none_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, p
             t = ts[i]
             weight = weight_arr[i * weight_stride]
             pos_weight = pos_weight_arr[i * pos_weight_stride]
-            # loss and gradient: 18 ops
-            _c0 = _fn.sigmoid_f64(x)
-            _c1 = pos_weight*t
-            l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-            dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+            # loss and gradient: 23 ops
+            _c0 = pos_weight*t
+            _c1 = _fn.sigmoid_f64(x)
+            l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+            dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
             losses[i] = l
             out[i] = dl * gs[i * g_stride]
 
@@ -669,8 +669,8 @@ def _loss_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss: 10 ops
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         else:
             for i in range(lo, hi):
@@ -678,8 +678,8 @@ def _loss_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss: 10 ops
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
+                # loss: 16 ops
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
                 buf[i - lo] = l
         partial[b] = _block_sum(buf)
     return _ordered_sum(partial)
@@ -699,11 +699,11 @@ def _fused_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
             for i in range(lo, hi):
                 x = xs[i]
                 t = ts[i]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         else:
@@ -712,11 +712,11 @@ def _fused_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
                 t = ts[i]
                 weight = weight_arr[i * weight_stride]
                 pos_weight = pos_weight_arr[i * pos_weight_stride]
-                # loss and gradient: 18 ops
-                _c0 = _fn.sigmoid_f64(x)
-                _c1 = pos_weight*t
-                l = -(weight*(x*(t - 1.0) + (t*(pos_weight - 1.0) + 1.0)*_fn.logsigmoid_f64(x)))
-                dl = weight*(_c0*_c1 - (_c0*t) + _c0 - (_c1))
+                # loss and gradient: 23 ops
+                _c0 = pos_weight*t
+                _c1 = _fn.sigmoid_f64(x)
+                l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
+                dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
                 buf[i - lo] = l
                 out[i] = dl * scale
         partial[b] = _block_sum(buf)
@@ -767,7 +767,7 @@ def _reduced(x, total, code):
 def binary_cross_entropy_with_logits_forward(input, target, *, weight=None, pos_weight=None, reduction='mean'):
     """Sigmoid + binary cross-entropy on logits, computed through log σ.
 
-    l = weight*(x*(1 - t) - (t*(pos_weight - 1) + 1)*logsigmoid(x)), reduced by ``reduction`` ('none' | 'mean' | 'sum').
+    l = weight*((t*(pos_weight - 1) + 1)*softplus(-Abs(x)) + Piecewise((x*(1 - t), x >= 0), (-pos_weight*t*x, True))), reduced by ``reduction`` ('none' | 'mean' | 'sum').
 
     Args:
         input: float32 or float64 array.

@@ -72,9 +72,9 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v) + np.float32(1.8378770664093456))
+                    # loss: 6 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -82,9 +82,9 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v) + np.float32(1.8378770664093456))
+                    # loss: 6 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -92,9 +92,9 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v) + np.float32(1.8378770664093456))
+                    # loss: 6 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -103,13 +103,12 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -119,13 +118,12 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -135,13 +133,12 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -152,13 +149,12 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -168,13 +164,12 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -184,13 +179,12 @@ def _pointwise_v0_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -217,9 +211,9 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v) + np.float32(1.8378770664093456))
+                    # loss: 6 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -227,9 +221,9 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v) + np.float32(1.8378770664093456))
+                    # loss: 6 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -237,9 +231,9 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v) + np.float32(1.8378770664093456))
+                    # loss: 6 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -248,13 +242,12 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -264,13 +257,12 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -280,13 +272,12 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -297,13 +288,12 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -313,13 +303,12 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -329,13 +318,12 @@ def _pointwise_v0_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v) + np.float32(0.9189385332046728)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -365,9 +353,9 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v) + 1.8378770664093456)
+                    # loss: 6 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -375,9 +363,9 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v) + 1.8378770664093456)
+                    # loss: 6 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -385,9 +373,9 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v) + 1.8378770664093456)
+                    # loss: 6 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -396,13 +384,12 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -412,13 +399,12 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -428,13 +414,12 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -445,13 +430,12 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -461,13 +445,12 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -477,13 +460,12 @@ def _pointwise_v0_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -510,9 +492,9 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v) + 1.8378770664093456)
+                    # loss: 6 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -520,9 +502,9 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v) + 1.8378770664093456)
+                    # loss: 6 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -530,9 +512,9 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 7 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v) + 1.8378770664093456)
+                    # loss: 6 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -541,13 +523,12 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -557,13 +538,12 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -573,13 +553,12 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -590,13 +569,12 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -606,13 +584,12 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -622,13 +599,12 @@ def _pointwise_v0_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 14 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v) + 0.9189385332046728
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 10 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v) + 0.9189385332046728
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -658,9 +634,9 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v))
+                    # loss: 5 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -668,9 +644,9 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v))
+                    # loss: 5 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -678,9 +654,9 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v))
+                    # loss: 5 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -689,13 +665,12 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -705,13 +680,12 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -721,13 +695,12 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -738,13 +711,12 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -754,13 +726,12 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -770,13 +741,12 @@ def _pointwise_v1_ser_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -803,9 +773,9 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v))
+                    # loss: 5 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -813,9 +783,9 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v))
+                    # loss: 5 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -823,9 +793,9 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = np.float32(0.5)*((_p0*_p0)/v + _fn.log_f32(v))
+                    # loss: 5 ops
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -834,13 +804,12 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -850,13 +819,12 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -866,13 +834,12 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -883,13 +850,12 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -899,13 +865,12 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -915,13 +880,12 @@ def _pointwise_v1_par_float32(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (np.float32(1.0)/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = np.float32(0.5)*_c2 + np.float32(0.5)*_fn.log_f32(v)
-                    d_input = -(_c0*_c1)
-                    d_var = np.float32(0.5)*_c0*(np.float32(1.0) - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = np.float32(0.5)*(-(t) + x)/v
+                    l = -(h*(t - (x))) + np.float32(0.5)*_fn.log_f32(v)
+                    d_input = r
+                    d_var = -(h*r) + np.float32(0.5)*(np.float32(1.0)/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -951,9 +915,9 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v))
+                    # loss: 5 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -961,9 +925,9 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v))
+                    # loss: 5 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -971,9 +935,9 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v))
+                    # loss: 5 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -982,13 +946,12 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -998,13 +961,12 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -1014,13 +976,12 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -1031,13 +992,12 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -1047,13 +1007,12 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -1063,13 +1022,12 @@ def _pointwise_v1_ser_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]
@@ -1096,9 +1054,9 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v))
+                    # loss: 5 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
                     buf[np.uint64(i - lo)] = l
             elif input_stride == 1 and target_stride == 1 and var_stride == 0:
                 v = var_arr[0]
@@ -1106,9 +1064,9 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v))
+                    # loss: 5 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
                     buf[np.uint64(i - lo)] = l
             else:
                 for i in range(lo, hi):
@@ -1116,9 +1074,9 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss: 6 ops
-                    _p0 = t - (x)
-                    l = 0.5*((_p0*_p0)/v + _fn.log_f64(v))
+                    # loss: 5 ops
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
                     buf[i - lo] = l
         elif g_stride == 0:
             if input_stride == 1 and target_stride == 1 and var_stride == 1:
@@ -1127,13 +1085,12 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -1143,13 +1100,12 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * scale
                     out_var[np.uint64(i)] = d_var * scale
@@ -1159,13 +1115,12 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * scale
                     out_var[i] = d_var * scale
@@ -1176,13 +1131,12 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[np.uint64(i)]
                     v = var_arr[np.uint64(i)]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -1192,13 +1146,12 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                 for i in range(lo, hi):
                     x = input_arr[np.uint64(i)]
                     t = target_arr[np.uint64(i)]
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[np.uint64(i - lo)] = l
                     out_input[np.uint64(i)] = d_input * gs[np.uint64(i)]
                     out_var[np.uint64(i)] = d_var * gs[np.uint64(i)]
@@ -1208,13 +1161,12 @@ def _pointwise_v1_par_float64(input_arr, input_stride, target_arr, target_stride
                     t = target_arr[i * target_stride]
                     v = var_arr[i * var_stride]
                     v = (eps if eps > v else (v if v >= eps else eps + v))  # read as; not differentiated
-                    # loss and gradient: 13 ops
-                    _c0 = (1.0/(v))
-                    _c1 = t - (x)
-                    _c2 = _c0*(_c1*_c1)
-                    l = 0.5*_c2 + 0.5*_fn.log_f64(v)
-                    d_input = -(_c0*_c1)
-                    d_var = 0.5*_c0*(1.0 - (_c2))
+                    # loss and gradient: 9 ops
+                    r = (-(t) + x)/v
+                    h = 0.5*(-(t) + x)/v
+                    l = -(h*(t - (x))) + 0.5*_fn.log_f64(v)
+                    d_input = r
+                    d_var = -(h*r) + 0.5*(1.0/(v))
                     buf[i - lo] = l
                     out_input[i] = d_input * gs[i]
                     out_var[i] = d_var * gs[i]

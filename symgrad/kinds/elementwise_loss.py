@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symgrad.context import block, indent, param_context, sstr
-from symgrad.derive import DerivationError, Proof, Step, function_proofs, is_zero, stabilize
+from symgrad.derive import (
+    DerivationError,
+    Proof,
+    Step,
+    function_proofs,
+    is_zero,
+    spec_rewrites,
+    stabilize,
+)
 from symgrad.functions import LibraryFunction, canonical_library, explicit_form
 from symgrad.kinds import Kind, register_kind
 from symgrad.printer import DTYPES
@@ -53,11 +61,12 @@ def _derive_elementwise_loss(spec: ElementwiseLoss) -> ElementwiseLossDerivation
         Step("Reduction", r"\text{none: } \ell_i;\quad \text{sum: } \sum_i \ell_i;\quad "
                           r"\text{mean: } \frac{1}{N}\sum_i \ell_i"),
         Step("Kernel evaluates (backward)", r"\frac{\partial L}{\partial x_i} = g_i \cdot "
-             rf"{sp.latex(stabilize(grad))}\cdot c,\quad c = \tfrac{{1}}{{N}}"
+             rf"{sp.latex(stabilize(grad, spec_rewrites(spec)))}\cdot c,\quad c = \tfrac{{1}}{{N}}"
              r"\text{ for mean, else } 1"),
     ]
-    return ElementwiseLossDerivation(spec, stabilize(spec.loss), stabilize(grad), tuple(steps),
-                                     tuple(proofs))
+    extra = spec_rewrites(spec)
+    return ElementwiseLossDerivation(spec, stabilize(spec.loss, extra), stabilize(grad, extra),
+                                     tuple(steps), tuple(proofs))
 
 
 def _elementwise_loss_context(d: ElementwiseLossDerivation) -> dict:

@@ -11,7 +11,13 @@ an option. Besides the formula a spec may give
 * ``Operand.load``: a value substituted when the operand is read, invisible to the derivative
   (gaussian_nll_loss's var.clamp(min=eps) under no_grad);
 * ``mean_weight``: an operand whose sum is the 'mean' denominator (mse/l1 with ``weight``);
-  'batchmean' (kl_div) divides by the input's first dimension.
+  'batchmean' (kl_div) divides by the input's first dimension;
+* ``shared`` and ``shared_rules``: named intermediates (symbol, expression in the operands) that
+  the kernel computes once per element before the formulas, and the substitutions (pattern ->
+  form in them, applied in order) that write the kernel forms in them: gaussian_nll_loss's
+  r = (x - t)/var and h = r/2 turn (x - t)²/(2 var) into (x - t)·h and (x - t)²/(2 var²) into
+  r·h, so that no square overflows where the loss and its gradients are finite. Each rewritten
+  form is proven equal to the kernel form by substituting the intermediates back.
 All derivatives are sp.diff of the spec's formula.
 """
 
@@ -26,7 +32,14 @@ import mpmath
 import sympy as sp
 
 from symgrad.context import block, param_context, sstr
-from symgrad.derive import DerivationError, Proof, Step, function_proofs, stabilize
+from symgrad.derive import (
+    DerivationError,
+    Proof,
+    Step,
+    function_proofs,
+    spec_rewrites,
+    stabilize,
+)
 from symgrad.functions import LibraryFunction, canonical_library, elementary_form, explicit_form
 from symgrad.kinds import Kind, register_kind
 from symgrad.printer import DTYPES, print_expr
@@ -84,6 +97,8 @@ class PointwiseLoss(OpSpec):
     grad_floor: sp.Expr | None = None
     mean_weight: str | None = None
     constraints: tuple[tuple[sp.Basic, str], ...] = ()
+    shared: tuple[tuple[sp.Symbol, sp.Expr], ...] = ()
+    shared_rules: tuple[tuple[sp.Expr, sp.Expr], ...] = ()
 
     kind: ClassVar[str] = "pointwise_loss"
 
@@ -104,6 +119,14 @@ class PointwiseLoss(OpSpec):
         if self.operands[0].optional or self.operands[0].shape != "broadcast":
             raise _fail(self.name, "operands", "the first operand must be the required input",
                         "put the input first")
+        taken = {o.symbol for o in self.operands} | {p.symbol for p in self.numeric_params}
+        for sym, expr in self.shared:
+            if sym.name in _TEMPLATE_NAMES or sym in taken:
+                raise _fail(self.name, f"shared.{sym}", f"{sym} is a template name or taken",
+                            "pick another symbol")
+            if not expr.free_symbols <= taken:
+                raise _fail(self.name, f"shared.{sym}", "uses symbols other than the operands "
+                            "and parameters", "write it in the operands")
         if self.mean_weight is not None and self.mean_weight not in names:
             raise _fail(self.name, "mean_weight", f"{self.mean_weight!r} is not an operand",
                         f"name one of {names}")
@@ -117,6 +140,12 @@ class PointwiseLoss(OpSpec):
     def allowed_symbols(self) -> set[sp.Symbol]:
         return (super().allowed_symbols() | {o.symbol for o in self.operands}
                 | set(self.flag_symbols().values()))
+
+    def formulas_shared(self, expr: sp.Expr) -> sp.Expr:
+        """``expr`` written in the shared intermediates by ``shared_rules`` (SymPy's subs)."""
+        for pattern, form in self.shared_rules:
+            expr = expr.subs(pattern, form)
+        return expr
 
     def formulas(self) -> dict[str, sp.Expr]:
         out = {"loss": self.loss}
@@ -136,6 +165,8 @@ class Variant:
     options: tuple[tuple[str, ParamValue], ...]  # flag values that select this variant
     loss: sp.Expr  # kernel form of ℓ
     grads: tuple[sp.Expr, ...]  # kernel form of ∂ℓ/∂operand, one per differentiable operand
+    # The same in the spec's shared intermediates (what is printed); () without any.
+    shared_forms: tuple[sp.Expr, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -263,8 +294,22 @@ def _derive_variant(spec: PointwiseLoss, options: dict[str, bool],
             grad = _floor_denominator(spec, grad, spec.grad_floor)
             steps.append(Step("Denominator floored as torch's backward does",
                               rf"\frac{{\partial\ell}}{{\partial {name}}} = {sp.latex(grad)}"))
-        grads.append(stabilize(merge_powers(grad)))
-    return Variant(tuple(options.items()), stabilize(loss), tuple(grads)), steps
+        grads.append(stabilize(merge_powers(grad), spec_rewrites(spec)))
+    loss = stabilize(loss, spec_rewrites(spec))
+    shared_forms: tuple[sp.Expr, ...] = ()
+    if spec.shared:
+        shared_forms = tuple(spec.formulas_shared(e) for e in (loss, *grads))
+        back = {sym: value for sym, value in spec.shared}
+        for form, kernel in zip(shared_forms, (loss, *grads), strict=True):
+            if sp.simplify(form.subs(back) - kernel) != 0:
+                raise DerivationError(f"{spec.name}: the form in the shared intermediates "
+                                      "does not equal the kernel form")
+        names = ", ".join(rf"{sp.latex(s)} = {sp.latex(v)}" for s, v in spec.shared)
+        proofs.append(Proof(rf"\text{{kernel forms written in }} {names}{where}", "symbolic"))
+        steps.append(Step("Kernel forms, through the shared intermediates",
+                          rf"{names}:\quad " + r",\quad ".join(sp.latex(f)
+                                                                for f in shared_forms)))
+    return Variant(tuple(options.items()), loss, tuple(grads), shared_forms), steps
 
 
 def _reduction_step(spec: PointwiseLoss) -> Step:
@@ -348,6 +393,12 @@ def _nan_guard(spec: PointwiseLoss, names: list[str]) -> list[str]:
     return out
 
 
+def _shared_lines(spec: PointwiseLoss, exprs: list[sp.Expr], dt: str) -> list[str]:
+    """The shared intermediates the printed forms use, computed first."""
+    return [f"{sym.name} = {print_expr(value, dt)}" for sym, value in spec.shared
+            if any(e.has(sym) for e in exprs)]
+
+
 def _pointwise_loss_context(d: PointwiseLossDerivation) -> dict:
     spec = d.spec
     diff_ops = [o for o in spec.operands if o.differentiable]
@@ -355,14 +406,18 @@ def _pointwise_loss_context(d: PointwiseLossDerivation) -> dict:
     variants = []
     for v in d.variants:
         guard = v.loss.has(sp.Piecewise, sp.Max, sp.Min)
+        loss, grads = (v.shared_forms[0], v.shared_forms[1:]) if v.shared_forms else (v.loss,
+                                                                                     v.grads)
         body: dict[str, dict[str, str]] = {"loss": {}, "both": {}}
         for dt in DTYPES:
-            lines, ops = block({"l": v.loss}, dt)
-            body["loss"][dt] = "\n".join([f"# loss: {ops} ops", *lines]
-                                         + (_nan_guard(spec, ["l"]) if guard else []))
-            lines, ops = block({"l": v.loss, **dict(zip(grad_names, v.grads, strict=True))}, dt)
-            body["both"][dt] = "\n".join([f"# loss and gradient: {ops} ops", *lines]
-                                         + (_nan_guard(spec, ["l"]) if guard else []))
+            lines, ops = block({"l": loss}, dt)
+            body["loss"][dt] = "\n".join([f"# loss: {ops} ops", *_shared_lines(spec, [loss], dt),
+                                          *lines] + (_nan_guard(spec, ["l"]) if guard else []))
+            outputs = {"l": loss, **dict(zip(grad_names, grads, strict=True))}
+            lines, ops = block(outputs, dt)
+            body["both"][dt] = "\n".join([f"# loss and gradient: {ops} ops",
+                                          *_shared_lines(spec, list(outputs.values()), dt),
+                                          *lines] + (_nan_guard(spec, ["l"]) if guard else []))
         variants.append({
             "index": len(variants),
             "key": tuple(value for _, value in v.options),

@@ -31,6 +31,7 @@ from symgrad.spec import (
 F = "torch.nn.functional."
 W = sp.Symbol("w", real=True)  # an element or class weight
 V = sp.Symbol("v", real=True)  # a variance
+RATIO, HALF_RATIO = sp.symbols("r h", real=True)  # gaussian_nll_loss's (x - t)/var, half that
 X2 = sp.Symbol("x2", real=True)  # a second differentiable input
 X3 = sp.Symbol("x3", real=True)  # a third one
 Y = sp.Symbol("y", real=True)  # a per-row target (1 or -1)
@@ -141,6 +142,12 @@ register(PointwiseLoss(
                       doc="variances (input's shape, one dim short, or one dim of size 1)")),
     loss=(sp.log(V) + D**2 / V) / 2 + sp.Piecewise((sp.log(2 * sp.pi) / 2, _GAUSS_FULL),
                                                    (0, True)),
+    # r = (x - t)/var and h = r/2, computed once: ℓ = (x - t)·h + log(var)/2, ∂/∂x = r,
+    # ∂/∂var = 1/(2 var) - r·h. (x - t)² overflows for |x - t| > 1.8e19 (float32) where the loss
+    # is finite; r·h and (x - t)·h overflow only where the result does (no factor 1/2 after).
+    shared=((RATIO, D / V), (HALF_RATIO, D / (2 * V))),
+    shared_rules=((D**2 / V**2, 2 * RATIO * HALF_RATIO), (D**2 / V, 2 * D * HALF_RATIO),
+                  (D / V, RATIO)),
     torch=TorchRef(F + "gaussian_nll_loss"),
 ))
 
@@ -185,6 +192,9 @@ register(ElementwiseLoss(
     tensor_params=(_w, _pw),
     # ℓ = -w·[pw·t·log σ(x) + (1 - t)·log σ(-x)], with log σ(-x) = log σ(x) - x.
     loss=_w.symbol * ((1 - T) * X - (1 + (_pw.symbol - 1) * T) * logsigmoid(X)),
+    # x < 0: (1 - t)·x and -log σ(x) ≈ -x cancel to -pw·t·x; computed as that one product, so a
+    # target outside [0, 1] at |x| near the top of the range does not overflow (1 - t)·x.
+    rewrites=("linear_logsigmoid",),
     torch=TorchRef(F + "binary_cross_entropy_with_logits"), latex_name=r"\operatorname{bce}",
 ))
 
@@ -250,6 +260,7 @@ register(PointwiseLoss(
     ** _focal_gamma.symbol,
     constraints=((sp.Or(sp.Eq(_focal_alpha.symbol, -1), _focal_alpha.symbol >= 0),
                   "alpha must be in [0, 1], or -1 to disable it"),),
+    rewrites=("linear_logsigmoid",),  # the cross-entropy factor, as in BCE-with-logits
     torch=TorchRef("torchvision.ops.sigmoid_focal_loss"),
 ))
 
