@@ -11,6 +11,8 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+F32, F64 = FLOAT_DTYPES
+_NDARRAY = np.ndarray
 _FLOAT_MAX = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}
 
 # Arrays at least this long use the parallel loop; shorter ones the serial loop, where thread
@@ -27,6 +29,13 @@ def float_array(value, name, fn):
     view); 0-d arrays stay 0-d. Everything else is a TypeError naming the argument and its dtype: PyTorch's
     functional ops do not take lists or integer tensors either.
     """
+    # The common case first, in a few attribute reads: a plain ndarray of the exact (native)
+    # float32/float64 descriptor that is C-contiguous, aligned and writeable (flags.carray).
+    # Anything else, an equal but distinct descriptor included, takes the full checks below.
+    if type(value) is _NDARRAY:
+        dtype = value.dtype
+        if (dtype is F32 or dtype is F64) and value.flags.carray:
+            return value
     if isinstance(value, np.generic):  # a NumPy scalar is a 0-d array
         value = np.asarray(value)
     if isinstance(value, np.ma.MaskedArray):
@@ -60,6 +69,14 @@ def same_dtype(array, name, reference, ref_name, fn):
             f"{fn}: {name} has dtype {array.dtype} but {ref_name} has dtype {reference.dtype}; "
             f"pass both in the same dtype"
         )
+
+
+def same_dtype_shape(array, name, reference, ref_name, fn):
+    """same_dtype then same_shape, in one call (the wrappers' usual pair)."""
+    if array.dtype is not reference.dtype:
+        same_dtype(array, name, reference, ref_name, fn)
+    if array.shape != reference.shape:
+        same_shape(array, name, reference, ref_name, fn)
 
 
 def same_shape(array, name, reference, ref_name, fn):
