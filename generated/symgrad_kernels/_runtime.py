@@ -6,6 +6,7 @@ Kernels never rely on Numba's bounds checks: the wrappers validate dtypes, shape
 ``out=`` before anything is compiled or run.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -127,8 +128,9 @@ def scalar(value, name, fn, dtype, minimum=None, maximum=None, strict=False):
         raise ValueError(f"{fn}: {name} must be {'>' if strict else '>='} {minimum}, got {value}")
     if maximum is not None and (v >= maximum if strict else v > maximum):
         raise ValueError(f"{fn}: {name} must be {'<' if strict else '<='} {maximum}, got {value}")
-    dtype = np.dtype(dtype)
-    if abs(v) != np.inf and abs(v) > (_FLOAT_MAX.get(dtype) or np.finfo(dtype).max):
+    if dtype is not F32 and dtype is not F64:
+        dtype = np.dtype(dtype)
+    if abs(v) != math.inf and abs(v) > (_FLOAT_MAX.get(dtype) or np.finfo(dtype).max):
         raise ValueError(f"{fn}: {name}={value} does not fit in {dtype}")
     return dtype.type(v)
 
@@ -140,6 +142,8 @@ def choice(value, name, fn, choices):
 
 
 def normalize_dim(dim, ndim, fn):
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case: a plain int in range
+        return dim % ndim
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"{fn}: dim must be an int, got {type(dim).__name__}")
     rank = max(ndim, 1)
@@ -151,20 +155,44 @@ def normalize_dim(dim, ndim, fn):
 def rows_view(array, dim):
     """View a C-contiguous array as (outer, n, inner) so that ``dim`` is the middle axis."""
     shape = array.shape or (1,)
-    outer = int(np.prod(shape[:dim], dtype=np.int64))
-    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
-    return array.reshape(outer, shape[dim], inner)
+    # math.prod of Python ints: np.prod costs ~2 us a call, more than a 10^3-element kernel.
+    return array.reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+
+
+def full(shape, value, dtype):
+    """np.full(shape, value, dtype) (the same cast), without np.full's Python-level overhead."""
+    array = np.empty(shape, dtype)
+    array.fill(value)
+    return array
+
+
+def full1(value, dtype):
+    """np.full(1, value, dtype)."""
+    array = np.empty(1, dtype)
+    array[0] = value
+    return array
+
+
+def _frozen(array):
+    array.setflags(write=False)
+    return array
+
+
+# A read-only [1.0] per dtype: the unit grad_output (stride 0) that loss kernels read when no
+# gradient is wanted. Shared, so it must stay read-only.
+ONES = {dtype: _frozen(np.ones(1, dtype)) for dtype in FLOAT_DTYPES}
 
 
 def operand(value, name, fn, reference, shape):
     """An optional tensor parameter broadcast to ``shape``: (flat array, stride 0 or 1)."""
     if value is None:
         return np.ones(1, dtype=reference.dtype), 0
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        v = _real(value, name, fn)
-        if abs(v) != np.inf and abs(v) > np.finfo(reference.dtype).max:
+    if type(value) is float or (
+            isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))):
+        v = value if type(value) is float else _real(value, name, fn)
+        if abs(v) != math.inf and abs(v) > _FLOAT_MAX[reference.dtype]:
             raise ValueError(f"{fn}: {name}={value} does not fit in {reference.dtype}")
-        return np.full(1, v, dtype=reference.dtype), 0
+        return full1(v, reference.dtype), 0
     value = float_array(value, name, fn)
     same_dtype(value, name, reference, "input", fn)
     if value.size == 1 and value.ndim <= len(shape):
