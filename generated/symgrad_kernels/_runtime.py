@@ -6,11 +6,14 @@ Kernels never rely on Numba's bounds checks: the wrappers validate dtypes, shape
 ``out=`` before anything is compiled or run.
 """
 
+import math
 import numbers
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+F32, F64 = FLOAT_DTYPES
+_NDARRAY = np.ndarray
 _FLOAT_MAX = {dtype: float(np.finfo(dtype).max) for dtype in FLOAT_DTYPES}
 
 # Arrays at least this long use the parallel loop; shorter ones the serial loop, where thread
@@ -27,6 +30,13 @@ def float_array(value, name, fn):
     view); 0-d arrays stay 0-d. Everything else is a TypeError naming the argument and its dtype: PyTorch's
     functional ops do not take lists or integer tensors either.
     """
+    # The common case first, in a few attribute reads: a plain ndarray of the exact (native)
+    # float32/float64 descriptor that is C-contiguous, aligned and writeable (flags.carray).
+    # Anything else, an equal but distinct descriptor included, takes the full checks below.
+    if type(value) is _NDARRAY:
+        dtype = value.dtype
+        if (dtype is F32 or dtype is F64) and value.flags.carray:
+            return value
     if isinstance(value, np.generic):  # a NumPy scalar is a 0-d array
         value = np.asarray(value)
     if isinstance(value, np.ma.MaskedArray):
@@ -60,6 +70,14 @@ def same_dtype(array, name, reference, ref_name, fn):
             f"{fn}: {name} has dtype {array.dtype} but {ref_name} has dtype {reference.dtype}; "
             f"pass both in the same dtype"
         )
+
+
+def same_dtype_shape(array, name, reference, ref_name, fn):
+    """same_dtype then same_shape, in one call (the wrappers' usual pair)."""
+    if array.dtype is not reference.dtype:
+        same_dtype(array, name, reference, ref_name, fn)
+    if array.shape != reference.shape:
+        same_shape(array, name, reference, ref_name, fn)
 
 
 def same_shape(array, name, reference, ref_name, fn):
@@ -110,8 +128,9 @@ def scalar(value, name, fn, dtype, minimum=None, maximum=None, strict=False):
         raise ValueError(f"{fn}: {name} must be {'>' if strict else '>='} {minimum}, got {value}")
     if maximum is not None and (v >= maximum if strict else v > maximum):
         raise ValueError(f"{fn}: {name} must be {'<' if strict else '<='} {maximum}, got {value}")
-    dtype = np.dtype(dtype)
-    if abs(v) != np.inf and abs(v) > (_FLOAT_MAX.get(dtype) or np.finfo(dtype).max):
+    if dtype is not F32 and dtype is not F64:
+        dtype = np.dtype(dtype)
+    if abs(v) != math.inf and abs(v) > (_FLOAT_MAX.get(dtype) or np.finfo(dtype).max):
         raise ValueError(f"{fn}: {name}={value} does not fit in {dtype}")
     return dtype.type(v)
 
@@ -123,6 +142,8 @@ def choice(value, name, fn, choices):
 
 
 def normalize_dim(dim, ndim, fn):
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case: a plain int in range
+        return dim % ndim
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"{fn}: dim must be an int, got {type(dim).__name__}")
     rank = max(ndim, 1)
@@ -134,20 +155,44 @@ def normalize_dim(dim, ndim, fn):
 def rows_view(array, dim):
     """View a C-contiguous array as (outer, n, inner) so that ``dim`` is the middle axis."""
     shape = array.shape or (1,)
-    outer = int(np.prod(shape[:dim], dtype=np.int64))
-    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
-    return array.reshape(outer, shape[dim], inner)
+    # math.prod of Python ints: np.prod costs ~2 us a call, more than a 10^3-element kernel.
+    return array.reshape(math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:]))
+
+
+def full(shape, value, dtype):
+    """np.full(shape, value, dtype) (the same cast), without np.full's Python-level overhead."""
+    array = np.empty(shape, dtype)
+    array.fill(value)
+    return array
+
+
+def full1(value, dtype):
+    """np.full(1, value, dtype)."""
+    array = np.empty(1, dtype)
+    array[0] = value
+    return array
+
+
+def _frozen(array):
+    array.setflags(write=False)
+    return array
+
+
+# A read-only [1.0] per dtype: the unit grad_output (stride 0) that loss kernels read when no
+# gradient is wanted. Shared, so it must stay read-only.
+ONES = {dtype: _frozen(np.ones(1, dtype)) for dtype in FLOAT_DTYPES}
 
 
 def operand(value, name, fn, reference, shape):
     """An optional tensor parameter broadcast to ``shape``: (flat array, stride 0 or 1)."""
     if value is None:
         return np.ones(1, dtype=reference.dtype), 0
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        v = _real(value, name, fn)
-        if abs(v) != np.inf and abs(v) > np.finfo(reference.dtype).max:
+    if type(value) is float or (
+            isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))):
+        v = value if type(value) is float else _real(value, name, fn)
+        if abs(v) != math.inf and abs(v) > _FLOAT_MAX[reference.dtype]:
             raise ValueError(f"{fn}: {name}={value} does not fit in {reference.dtype}")
-        return np.full(1, v, dtype=reference.dtype), 0
+        return full1(v, reference.dtype), 0
     value = float_array(value, name, fn)
     same_dtype(value, name, reference, "input", fn)
     if value.size == 1 and value.ndim <= len(shape):

@@ -203,9 +203,16 @@ def _step_v1_par_float64(a_param, a_grad, a_exp_avg, a_exp_avg_sq, a_max_exp_avg
 
 
 def _pick(name, dtype, size):
-    mode = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
-    suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"{name}_{mode}_{suffix}"]
+    return _KERNELS[name, dtype][size >= _rt.PARALLEL_MIN_SIZE]
+
+
+# Kernels by (name, dtype): (serial, parallel). A dict read, not a name built per call.
+_KERNELS = {
+    ("_step_v0", np.dtype(np.float32)): (_step_v0_ser_float32, _step_v0_par_float32),
+    ("_step_v0", np.dtype(np.float64)): (_step_v0_ser_float64, _step_v0_par_float64),
+    ("_step_v1", np.dtype(np.float32)): (_step_v1_ser_float32, _step_v1_par_float32),
+    ("_step_v1", np.dtype(np.float64)): (_step_v1_ser_float64, _step_v1_par_float64),
+}
 
 
 def _target(value, name, fn):
@@ -247,7 +254,7 @@ def _scalar_state(value, name, fn):
 
 
 def _real(value, name, fn, minimum, maximum, strict):
-    return float(_rt.scalar(value, name, fn, np.dtype(np.float64), minimum, maximum, strict))
+    return float(_rt.scalar(value, name, fn, _rt.F64, minimum, maximum, strict))
 
 
 def _flag(value, name, fn):

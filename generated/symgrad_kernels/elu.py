@@ -204,10 +204,24 @@ def _forward_backward_par_float64(xs, gs, out_y, out_g, alpha, n):
         out_g[i] = gx
 
 
-def _pick(name, dtype, size):
-    mode = "par" if size >= _rt.PARALLEL_MIN_SIZE else "ser"
-    suffix = "float32" if dtype == np.float32 else "float64"
-    return globals()[f"{name}_{mode}_{suffix}"]
+# Kernels by dtype: (serial, parallel). Arrays of at least _rt.PARALLEL_MIN_SIZE elements take the
+# parallel loop. A dict read, not a name built per call: the wrappers run at 10^3 elements in a few us.
+_FORWARD = {
+    np.dtype(np.float32): (_forward_ser_float32, _forward_par_float32),
+    np.dtype(np.float64): (_forward_ser_float64, _forward_par_float64),
+}
+_BACKWARD_X = {
+    np.dtype(np.float32): (_backward_x_ser_float32, _backward_x_par_float32),
+    np.dtype(np.float64): (_backward_x_ser_float64, _backward_x_par_float64),
+}
+_BACKWARD_Y = {
+    np.dtype(np.float32): (_backward_y_ser_float32, _backward_y_par_float32),
+    np.dtype(np.float64): (_backward_y_ser_float64, _backward_y_par_float64),
+}
+_FORWARD_BACKWARD = {
+    np.dtype(np.float32): (_forward_backward_ser_float32, _forward_backward_par_float32),
+    np.dtype(np.float64): (_forward_backward_ser_float64, _forward_backward_par_float64),
+}
 
 
 def _params(fn, dtype, alpha):
@@ -232,15 +246,21 @@ def elu_forward(x, *, alpha=1.0, out=None):
     """
     fn = "elu_forward"
     x = _rt.float_array(x, "x", fn)
-    params = _params(fn, x.dtype, alpha)
-    out = _rt.output(out, x.shape, x.dtype, fn, (x,))
-    if x.size:
-        _pick("_forward", x.dtype, x.size)(x.reshape(-1), out.reshape(-1), *params, x.size)
+    dtype = x.dtype
+    params = _params(fn, dtype, alpha)
+    out = np.empty(x.shape, dtype) if out is None else _rt.output(out, x.shape, dtype, fn, (x,))
+    n = x.size
+    if n:
+        kernel = _FORWARD[dtype][n >= _rt.PARALLEL_MIN_SIZE]
+        if x.ndim == 1:  # already flat: skip the two reshapes
+            kernel(x, out, *params, n)
+        else:
+            kernel(x.reshape(-1), out.reshape(-1), *params, n)
     return out
 
 
 # With both x and y at hand, the form measured best per dtype (symgrad.kinds.elementwise).
-_PREFER_Y = {"float32": False, "float64": False}
+_PREFER_Y = {np.dtype(np.float32): False, np.dtype(np.float64): False}
 
 
 def elu_backward(grad_output, *, x=None, y=None, alpha=1.0, out=None):
@@ -261,14 +281,19 @@ def elu_backward(grad_output, *, x=None, y=None, alpha=1.0, out=None):
     if y is None and x is None:
         raise TypeError(f"{fn} needs y (the output of elu_forward) or x (its input)")
     params = _params(fn, g.dtype, alpha)
-    use_y = y is not None and (x is None or _PREFER_Y[g.dtype.name])
-    source, name, kernel = (y, "y", "_backward_y") if use_y else (x, "x", "_backward_x")
+    use_y = y is not None and (x is None or _PREFER_Y[g.dtype])
+    source, name, table = (y, "y", _BACKWARD_Y) if use_y else (x, "x", _BACKWARD_X)
     source = _rt.float_array(source, name, fn)
-    _rt.same_dtype(g, "grad_output", source, name, fn)
-    _rt.same_shape(g, "grad_output", source, name, fn)
-    out = _rt.output(out, g.shape, g.dtype, fn, (g, source))
-    if g.size:
-        _pick(kernel, g.dtype, g.size)(source.reshape(-1), g.reshape(-1), out.reshape(-1), *params, g.size)
+    _rt.same_dtype_shape(g, "grad_output", source, name, fn)
+    dtype = g.dtype
+    out = np.empty(g.shape, dtype) if out is None else _rt.output(out, g.shape, dtype, fn, (g, source))
+    n = g.size
+    if n:
+        kernel = table[dtype][n >= _rt.PARALLEL_MIN_SIZE]
+        if g.ndim == 1:
+            kernel(source, g, out, *params, n)
+        else:
+            kernel(source.reshape(-1), g.reshape(-1), out.reshape(-1), *params, n)
     return out
 
 
@@ -277,11 +302,16 @@ def elu_forward_backward(x, grad_output, *, alpha=1.0):
     fn = "elu_forward_backward"
     x = _rt.float_array(x, "x", fn)
     g = _rt.float_array(grad_output, "grad_output", fn)
-    _rt.same_dtype(g, "grad_output", x, "x", fn)
-    _rt.same_shape(g, "grad_output", x, "x", fn)
-    params = _params(fn, x.dtype, alpha)
-    y = np.empty_like(x)
-    grad = np.empty_like(x)
-    if x.size:
-        _pick("_forward_backward", x.dtype, x.size)(x.reshape(-1), g.reshape(-1), y.reshape(-1), grad.reshape(-1), *params, x.size)
+    _rt.same_dtype_shape(g, "grad_output", x, "x", fn)
+    dtype = x.dtype
+    params = _params(fn, dtype, alpha)
+    y = np.empty(x.shape, dtype)
+    grad = np.empty(x.shape, dtype)
+    n = x.size
+    if n:
+        kernel = _FORWARD_BACKWARD[dtype][n >= _rt.PARALLEL_MIN_SIZE]
+        if x.ndim == 1:
+            kernel(x, g, y, grad, *params, n)
+        else:
+            kernel(x.reshape(-1), g.reshape(-1), y.reshape(-1), grad.reshape(-1), *params, n)
     return y, grad

@@ -494,21 +494,21 @@ _VARIANTS = {
 
 
 def _pick(variant, dtype, size):
-    return _KERNELS[variant, size >= _rt.PARALLEL_MIN_SIZE, dtype == np.float32]
+    return _KERNELS[variant, size >= _rt.PARALLEL_MIN_SIZE, dtype]
 
 
 _KERNELS = {
-    (0, False, True): _pointwise_v0_ser_float32,
-    (0, True, True): _pointwise_v0_par_float32,
-    (0, False, False): _pointwise_v0_ser_float64,
-    (0, True, False): _pointwise_v0_par_float64,
+    (0, False, np.dtype(np.float32)): _pointwise_v0_ser_float32,
+    (0, True, np.dtype(np.float32)): _pointwise_v0_par_float32,
+    (0, False, np.dtype(np.float64)): _pointwise_v0_ser_float64,
+    (0, True, np.dtype(np.float64)): _pointwise_v0_par_float64,
 }
 
 
 def _array(value, name, fn, reference, scalar_ok, optional, default):
     """An operand as an array of the input's dtype (numbers and None only where allowed)."""
     if value is None and optional:
-        return np.full((), default, dtype=reference.dtype)
+        return _rt.full((), default, reference.dtype)
     if scalar_ok and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
         return np.full((), value, dtype=reference.dtype)
     array = _rt.float_array(value, name, fn)
@@ -518,8 +518,10 @@ def _array(value, name, fn, reference, scalar_ok, optional, default):
 
 def _readonly(array):
     """A read-only view: every kernel input has the same Numba type, so one compilation."""
+    if not array.flags.writeable:
+        return array
     view = array.view()
-    view.flags.writeable = False
+    view.setflags(write=False)  # as flags.writeable = False, in half the time
     return view
 
 
@@ -638,13 +640,13 @@ def _run(fn, x, shape, size, code, denominator, variant, shapes, args, grad_outp
         g, g_stride = _grad_output(fn, grad_output, code, x, shape)
         if code != "none":
             scale = _scale(x, g[0], denominator)
-            g, g_stride = np.ones(1, dtype=x.dtype), 0
+            g, g_stride = _rt.ONES[x.dtype], 0
         elif g_stride == 0:
             scale = g[0]  # the kernel multiplies by scale alone where g is one number
         outs = [np.empty(shape, dtype=x.dtype) for _ in ['input']]
         flat_outs = [o.reshape(-1) for o in outs]
     else:
-        g, g_stride = np.ones(1, dtype=x.dtype), 0
+        g, g_stride = _rt.ONES[x.dtype], 0
         outs, flat_outs = None, [np.empty(1, dtype=x.dtype) for _ in ['input']]
     total = 0.0
     if size:
