@@ -799,16 +799,31 @@ def test_bce_with_logits_unchanged_for_ordinary_inputs(dtype):
     assert_close(got, want, dtype, "bce_with_logits ordinary")
 
 
-def test_sigmoid_focal_loss_is_finite_where_the_linear_term_overflows():
-    """float32, targets outside [0, 1]: (1 - t)·x overflows where the loss is finite."""
-    x = np.array([-3e38, -2e38], dtype=np.float32)
-    t = np.array([-0.2, -0.5], dtype=np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_focal_loss_is_finite_at_extreme_logits(dtype):
+    """Labels in [0, 1], logits out to the dtype's edge: loss and gradient finite and exact."""
+    big = float(np.finfo(dtype).max) / 2
+    x = np.array([-big, big, -1e4, 1e4, -100.0, 100.0], dtype=dtype)
+    t = np.array([0.0, 1.0, 0.3, 0.7, 1.0, 0.0], dtype=dtype)
     loss = _kernel("sigmoid_focal_loss", "forward")(x, t)
-    with mp.workdps(60):
+    grad = _kernel("sigmoid_focal_loss", "backward")(x, t, np.ones_like(x))
+    assert np.isfinite(loss).all() and np.isfinite(grad).all(), (loss, grad)
+    with mp.workdps(400):
         want = []
         for a, b in zip(x, t, strict=True):
             a, b = mp.mpf(float(a)), mp.mpf(float(b))
             ce = (1 - b) * a + mp.log1p(mp.exp(-a))
             m = b / (1 + mp.exp(a)) + (1 - b) / (1 + mp.exp(-a))
             want.append(float((0.25 * b + 0.75 * (1 - b)) * ce * m**2))
-    _ulps_close(loss, want, np.float32, 8, "sigmoid_focal_loss")
+    want = np.asarray(want)
+    tiny = float(np.finfo(dtype).tiny)
+    err = np.abs(loss - want) / (np.maximum(np.abs(want), tiny) * float(np.finfo(dtype).eps))
+    assert (err <= 8).all(), (loss, want)
+
+
+def test_sigmoid_focal_loss_rejects_targets_outside_0_1():
+    """Outside [0, 1] a label means nothing (and the terms overflow): a ValueError, not a nan."""
+    x = np.array([-3e38, -2e38], dtype=np.float32)
+    for bad in (-0.2, 1.5):
+        with pytest.raises(ValueError, match="targets"):
+            _kernel("sigmoid_focal_loss", "forward")(x, np.full(2, bad, np.float32))

@@ -610,6 +610,7 @@ def _prepare(fn, inputs, targets, alpha, gamma, reduction):
         _array(inputs, "inputs", fn, x, False, False, 1.0),
         _array(targets, "targets", fn, x, False, False, 1.0),
     ]
+    _check_range(arrays[1], "targets", fn, 0.0, 1.0)
     fitted = [
         _fit_shape(arrays[0], "inputs", fn, "broadcast", x.shape),
         _fit_shape(arrays[1], "targets", fn, "broadcast", x.shape),

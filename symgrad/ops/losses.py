@@ -253,7 +253,10 @@ register(PointwiseLoss(
     name="sigmoid_focal_loss", family="loss",
     summary="torchvision's focal loss on logits: alpha_t (1 - p_t)^gamma bce_with_logits.",
     params=(_focal_alpha, _focal_gamma, _reduction("none")),
-    operands=(_input("logits", "inputs"), Operand("targets", T, doc="labels in [0, 1]")),
+    # Targets are labels (torchvision: 0 or 1, soft labels between): outside [0, 1] the loss
+    # is meaningless and its terms overflow, so they are a ValueError rather than a nan.
+    operands=(_input("logits", "inputs"),
+              Operand("targets", T, minimum=0.0, maximum=1.0, doc="labels in [0, 1]")),
     # 1 - p_t = 1 - (p t + (1 - p)(1 - t)), written t σ(-x) + (1 - t) σ(x): no cancellation
     # when p saturates (torchvision's form loses all digits, and 0^(γ-1) turns into inf·0).
     loss=_alpha_t * ((1 - T) * X - logsigmoid(X)) * (T * sigmoid(-X) + (1 - T) * _p)
