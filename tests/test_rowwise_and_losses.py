@@ -436,3 +436,116 @@ def test_cross_entropy_row_of_two_maxima(dtype, layout):
         expected = np.array([[0.5, -0.5]])
     grad = cross_entropy_backward(x, t, reduction="sum")
     np.testing.assert_array_equal(grad, expected.astype(dtype))
+
+
+# ------------------------------------------------ cross_entropy where the target logit dominates
+
+
+def _mp_cross_entropy_row(row, target):
+    """ℓ = log Σ_j e^(x_j - x_t) = log1p(Σ_{j≠t} e^(x_j - x_t)) and ∂ℓ/∂x (softmax - one-hot,
+    the target's entry -Σ_{j≠t} e^(x_j - x_t) / Σ_j e^(x_j - x_t)), mpmath at 150 digits."""
+    with mpmath.workdps(150):
+        xs = [mpmath.mpf(float(v)) for v in row]
+        es = [mpmath.exp(v - xs[target]) for v in xs]
+        rest = mpmath.fsum(e for k, e in enumerate(es) if k != target)
+        total = 1 + rest
+        grad = [e / total for e in es]
+        grad[target] = -rest / total
+        return mpmath.log1p(rest), grad
+
+
+# Rows whose target is the max by far (ℓ and the target's gradient ~1e-22..1e-34: L - x_t and
+# softmax_t - 1 cancel to 0), next to ordinary rows, a tied max and x - max that rounds.
+_DOMINATED = [([50.0, 0.0, -3.0], 0), ([0.0, -60.0, -80.0], 0), ([-3.0, 75.5, 1.0, 2.0], 1),
+              ([1e3, 1e3 - 70.3, 1e3 - 85.1, 999.9 - 60.0], 0), ([3.0, 7.0, -1.0], 0),
+              ([1.5, 1.5, -2.0], 1), ([0.25, -41.7, 33.3, -12.6, 21.9], 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_cross_entropy_dominated_target_against_mpmath(dtype, layout):
+    """ℓ within 4 ULP and every gradient entry within 8 ULP of mpmath (where the truth is a
+    normal number), in the contiguous fast path and the strided kernel, forward alone and
+    fused, 'none' / 'sum' / 'mean'; torch agrees except where it cancels to 0."""
+    from symgrad_kernels import (
+        cross_entropy_backward,
+        cross_entropy_forward,
+        cross_entropy_forward_backward,
+    )
+
+    tiny = float(np.finfo(dtype).tiny)
+    for values, target in _DOMINATED:
+        row = np.array(values, dtype=dtype)
+        want_loss, want_grad = _mp_cross_entropy_row(row, target)
+        x, t = row[None, :], np.array([target])
+        if layout == "strided":  # (N, C, 2): the class dim is not the last
+            x, t = np.repeat(x[:, :, None], 2, axis=2), np.repeat(t[:, None], 2, axis=1)
+        for reduction in REDUCTIONS:
+            losses = [cross_entropy_forward(x, t, reduction=reduction)]
+            fused = cross_entropy_forward_backward(x, t, reduction=reduction)
+            grads = [fused[1], cross_entropy_backward(x, t, reduction=reduction)]
+            losses.append(fused[0])
+            scale = {"none": 1, "sum": t.size, "mean": 1}[reduction]
+            for loss in losses:
+                for got in np.ravel(loss):
+                    err = _ulps(float(got) / scale, want_loss, dtype)
+                    assert err <= 4, (values, reduction, float(got), float(want_loss))
+            g_scale = 1.0 / t.size if reduction == "mean" else 1.0
+            for grad in grads:
+                got = grad[0] if layout == "contiguous" else grad[0, :, 0]
+                for k, true in enumerate(want_grad):
+                    if abs(float(true)) >= tiny:
+                        err = _ulps(float(got[k]) / g_scale, true, dtype)
+                        assert err <= 8, (values, reduction, k, float(got[k]), float(true))
+    # torch where it is right (the target is not far above the rest)
+    rows = np.array([v for v, _ in _DOMINATED[4:6]] + [[0.5, 2.0, 1.0]], dtype)
+    t = np.array([0, 1, 2])
+    xt = torch.tensor(rows, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(xt, torch.tensor(t), reduction="none")
+    lt.backward(torch.ones_like(lt))
+    loss, grad = cross_entropy_forward_backward(rows, t, reduction="none")
+    assert_close(loss, lt.detach().numpy(), dtype, "cross_entropy loss")
+    assert_close(grad, xt.grad.numpy(), dtype, "cross_entropy grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_dominated_target_weights_ignore_and_specials(dtype):
+    """The same rows with class weights and an ignored row (mean over Σ w[target]); a target
+    at +inf stays nan (torch's inf - inf), a nan anywhere makes the row nan, a -inf logit
+    elsewhere is a mask."""
+    from symgrad_kernels import cross_entropy_forward_backward
+
+    x = np.array([[50.0, 0.0, -3.0], [3.0, 7.0, -1.0], [0.0, -60.0, -80.0]], dtype)
+    t = np.array([0, 0, -100])
+    w = np.array([0.5, 2.0, 1.5], dtype)
+    loss, grad = cross_entropy_forward_backward(x, t, 2.0, weight=w)
+    for r in range(2):
+        _, want_grad = _mp_cross_entropy_row(x[r], t[r])
+        for k, true in enumerate(want_grad):
+            want = 2.0 * float(w[t[r]]) * float(true) / float(w[0] + w[0])
+            assert _ulps(grad[r, k], want, dtype) <= 8, (r, k, grad[r, k], want)
+    want_mean = sum(float(w[0]) * float(_mp_cross_entropy_row(x[r], 0)[0]) for r in range(2))
+    assert _ulps(loss, want_mean / float(2 * w[0]), dtype) <= 4
+    assert not grad[2].any()
+    special = np.array([[np.inf, 1.0, 2.0], [np.nan, 1.0, 2.0], [5.0, -np.inf, -40.0]], dtype)
+    loss, grad = cross_entropy_forward_backward(special, np.array([0, 1, 0]), reduction="none")
+    assert np.isnan(loss[:2]).all() and np.isnan(grad[:2]).all()
+    want_loss, want_grad = _mp_cross_entropy_row(np.array([5.0, -1e300, -40.0]), 0)
+    assert _ulps(loss[2], want_loss, dtype) <= 4
+    assert grad[2, 1] == 0 and _ulps(grad[2, 0], want_grad[0], dtype) <= 8
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_categorical_crossentropy_dominated_target(dtype):
+    """Keras's sparse_categorical_crossentropy(from_logits=True) reads the same log-sum-exp
+    relative to the target."""
+    from symgrad_kernels import sparse_categorical_crossentropy_forward_backward as f
+
+    for values, target in _DOMINATED[:3]:
+        row = np.array(values, dtype)
+        want_loss, want_grad = _mp_cross_entropy_row(row, target)
+        loss, grad = f(np.array([target]), row[None, :], reduction="none", from_logits=True)
+        assert _ulps(loss[0], want_loss, dtype) <= 4, (values, loss[0], float(want_loss))
+        for k, true in enumerate(want_grad):
+            if abs(float(true)) >= float(np.finfo(dtype).tiny):
+                assert _ulps(grad[0, k], true, dtype) <= 8, (values, k, grad[0, k])

@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["binary_focal_crossentropy_forward", "binary_focal_crossentropy_backward", "binary_focal_crossentropy_forward_backward"]
 

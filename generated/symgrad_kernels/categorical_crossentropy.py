@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["categorical_crossentropy_forward", "categorical_crossentropy_backward", "categorical_crossentropy_forward_backward"]
 
@@ -53,7 +54,12 @@ def _rows_v0_dense_ser_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float32(acc_L)
         L = m_L + math.log(s_L)
@@ -83,7 +89,12 @@ def _rows_v0_dense_ser_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
@@ -109,7 +120,12 @@ def _rows_v0_dense_par_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float32(acc_L)
         L = m_L + math.log(s_L)
@@ -139,7 +155,12 @@ def _rows_v0_dense_par_float32(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_y_pred = -(adj_A_ce*(t*(np.float32(1.0) - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
@@ -172,7 +193,12 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -183,7 +209,12 @@ def _rows_v0_dense_contig_ser_float32(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float32(acc_L)
@@ -253,7 +284,12 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -264,7 +300,12 @@ def _rows_v0_dense_contig_par_float32(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float32(acc_L)
@@ -327,7 +368,12 @@ def _rows_v0_dense_ser_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float64(acc_L)
         L = m_L + math.log(s_L)
@@ -357,7 +403,12 @@ def _rows_v0_dense_ser_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
@@ -383,7 +434,12 @@ def _rows_v0_dense_par_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float64(acc_L)
         L = m_L + math.log(s_L)
@@ -413,7 +469,12 @@ def _rows_v0_dense_par_float64(y_pred_arr, label_smoothing, y_true_arr, gs, g_st
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = y_true_arr[o_, j_, c_]
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_y_pred = -(adj_A_ce*(t*(1.0 - (label_smoothing)) + label_smoothing/C)) + e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
     return total_, weight_
@@ -446,7 +507,12 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -457,7 +523,12 @@ def _rows_v0_dense_contig_ser_float64(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float64(acc_L)
@@ -527,7 +598,12 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -538,7 +614,12 @@ def _rows_v0_dense_contig_par_float64(y_pred_arr, label_smoothing, y_true_arr, g
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = y_true_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float64(acc_L)

@@ -17,6 +17,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["categorical_hinge_forward", "categorical_hinge_backward", "categorical_hinge_forward_backward"]
 

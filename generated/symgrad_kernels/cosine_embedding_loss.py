@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["cosine_embedding_loss_forward", "cosine_embedding_loss_backward", "cosine_embedding_loss_forward_backward"]
 

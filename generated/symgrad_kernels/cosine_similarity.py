@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["cosine_similarity_forward", "cosine_similarity_backward", "cosine_similarity_forward_backward"]
 

@@ -25,6 +25,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["cross_entropy_forward", "cross_entropy_backward", "cross_entropy_forward_backward"]
 
@@ -65,16 +66,32 @@ def _rows_v0_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float32(0.0)
             acc_L += v_L
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -92,9 +109,18 @@ def _rows_v0_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            e_L = _fn.exp_f32(-(m_L) + x)
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_input = e_L*sc_L
             out_input[o_, j_, c_] = d_input
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_, c_] = d_input
     return total_, weight_
 
 
@@ -127,16 +153,32 @@ def _rows_v0_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float32(0.0)
             acc_L += v_L
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -154,9 +196,18 @@ def _rows_v0_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            e_L = _fn.exp_f32(-(m_L) + x)
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_input = e_L*sc_L
             out_input[o_, j_, c_] = d_input
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_, c_] = d_input
     return total_, weight_
 
 
@@ -196,8 +247,14 @@ def _rows_v0_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -208,17 +265,33 @@ def _rows_v0_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -237,8 +310,12 @@ def _rows_v0_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             e_L = out_input[o_, j_]
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            d_input = e_L*sc_L
             out_input[o_, j_] = d_input
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_] = d_input
     return total_, weight_
 
 
@@ -278,8 +355,14 @@ def _rows_v0_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -290,17 +373,33 @@ def _rows_v0_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -319,8 +418,12 @@ def _rows_v0_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             e_L = out_input[o_, j_]
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
+            d_input = e_L*sc_L
             out_input[o_, j_] = d_input
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_] = d_input
     return total_, weight_
 
 
@@ -353,16 +456,32 @@ def _rows_v0_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float64(0.0)
             acc_L += v_L
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -380,9 +499,18 @@ def _rows_v0_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            e_L = _fn.exp_f64(-(m_L) + x)
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_input = e_L*sc_L
             out_input[o_, j_, c_] = d_input
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_, c_] = d_input
     return total_, weight_
 
 
@@ -415,16 +543,32 @@ def _rows_v0_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float64(0.0)
             acc_L += v_L
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -442,9 +586,18 @@ def _rows_v0_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            e_L = _fn.exp_f64(-(m_L) + x)
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_input = e_L*sc_L
             out_input[o_, j_, c_] = d_input
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_, c_] = d_input
     return total_, weight_
 
 
@@ -484,8 +637,14 @@ def _rows_v0_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -496,17 +655,33 @@ def _rows_v0_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -525,8 +700,12 @@ def _rows_v0_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             e_L = out_input[o_, j_]
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            d_input = e_L*sc_L
             out_input[o_, j_] = d_input
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_] = d_input
     return total_, weight_
 
 
@@ -566,8 +745,14 @@ def _rows_v0_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -578,17 +763,33 @@ def _rows_v0_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_t
         mw_ = A_w
@@ -607,8 +808,12 @@ def _rows_v0_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
             w = weight_arr[np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             e_L = out_input[o_, j_]
-            d_input = e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
+            d_input = e_L*sc_L
             out_input[o_, j_] = d_input
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        d_input = -(gr_*r_L*w/s_L)
+        out_input[o_, tgt_] = d_input
     return total_, weight_
 
 
@@ -634,7 +839,12 @@ def _rows_v0_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float32(acc_L)
         L = m_L + math.log(s_L)
@@ -666,7 +876,12 @@ def _rows_v0_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -694,7 +909,12 @@ def _rows_v0_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float32(acc_L)
         L = m_L + math.log(s_L)
@@ -726,7 +946,12 @@ def _rows_v0_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -761,7 +986,12 @@ def _rows_v0_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -773,7 +1003,12 @@ def _rows_v0_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float32(acc_L)
@@ -847,7 +1082,12 @@ def _rows_v0_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -859,7 +1099,12 @@ def _rows_v0_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float32(acc_L)
@@ -926,7 +1171,12 @@ def _rows_v0_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float64(acc_L)
         L = m_L + math.log(s_L)
@@ -958,7 +1208,12 @@ def _rows_v0_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -986,7 +1241,12 @@ def _rows_v0_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float64(acc_L)
         L = m_L + math.log(s_L)
@@ -1018,7 +1278,12 @@ def _rows_v0_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -1053,7 +1318,12 @@ def _rows_v0_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -1065,7 +1335,12 @@ def _rows_v0_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float64(acc_L)
@@ -1139,7 +1414,12 @@ def _rows_v0_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -1151,7 +1431,12 @@ def _rows_v0_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float64(acc_L)
@@ -1225,10 +1510,26 @@ def _rows_v1_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float32(0.0)
             acc_L += v_L
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -1246,7 +1547,7 @@ def _rows_v1_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
         dsum_A_s_L = np.float32(acc_dsum_A_s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
         mw_ = A_w
@@ -1265,7 +1566,12 @@ def _rows_v1_index_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -1300,10 +1606,26 @@ def _rows_v1_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float32(0.0)
             acc_L += v_L
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -1321,7 +1643,7 @@ def _rows_v1_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
         dsum_A_s_L = np.float32(acc_dsum_A_s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
         mw_ = A_w
@@ -1340,7 +1662,12 @@ def _rows_v1_index_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else np.float32(0.0))
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -1382,8 +1709,14 @@ def _rows_v1_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -1394,11 +1727,27 @@ def _rows_v1_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
@@ -1422,7 +1771,7 @@ def _rows_v1_index_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
         dsum_A_s_L = np.float32(acc_dsum_A_s_L)
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
         mw_ = A_w
@@ -1483,8 +1832,14 @@ def _rows_v1_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -1495,11 +1850,27 @@ def _rows_v1_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float32(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
@@ -1523,7 +1894,7 @@ def _rows_v1_index_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
         dsum_A_s_L = np.float32(acc_dsum_A_s_L)
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing + np.float32(-1.0)))
         mw_ = A_w
@@ -1577,10 +1948,26 @@ def _rows_v1_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float64(0.0)
             acc_L += v_L
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -1598,7 +1985,7 @@ def _rows_v1_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
         dsum_A_s_L = np.float64(acc_dsum_A_s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
         mw_ = A_w
@@ -1617,7 +2004,12 @@ def _rows_v1_index_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -1652,10 +2044,26 @@ def _rows_v1_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float64(0.0)
             acc_L += v_L
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, tgt_, c_]
+        w = weight_arr[tgt_]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
         A_w = w
@@ -1673,7 +2081,7 @@ def _rows_v1_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
         dsum_A_s_L = np.float64(acc_dsum_A_s_L)
         x = input_arr[o_, tgt_, c_]
         w = weight_arr[tgt_]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
         mw_ = A_w
@@ -1692,7 +2100,12 @@ def _rows_v1_index_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = 1.0 if j_ == tgt_ else 0.0
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) + e_L*sc_L + (-(adj_A_t*w) if (j_ == tgt_) else 0.0)
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -1734,8 +2147,14 @@ def _rows_v1_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -1746,11 +2165,27 @@ def _rows_v1_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
@@ -1774,7 +2209,7 @@ def _rows_v1_index_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
         dsum_A_s_L = np.float64(acc_dsum_A_s_L)
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
         mw_ = A_w
@@ -1835,8 +2270,14 @@ def _rows_v1_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -1847,11 +2288,27 @@ def _rows_v1_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float64(acc_L)
+        x = input_arr[o_, np.uint64(tgt_)]
+        w = weight_arr[np.uint64(tgt_)]
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
         L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
         A_w = w
@@ -1875,7 +2332,7 @@ def _rows_v1_index_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
         dsum_A_s_L = np.float64(acc_dsum_A_s_L)
         x = input_arr[o_, np.uint64(tgt_)]
         w = weight_arr[np.uint64(tgt_)]
-        A_t = w*(L - (x))
+        A_t = lt_L*w
         dsum_A_t_L = w
         l = A_s*label_smoothing/C - (A_t*(label_smoothing - 1.0))
         mw_ = A_w
@@ -1922,7 +2379,12 @@ def _rows_v1_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float32(acc_L)
         L = m_L + math.log(s_L)
@@ -1964,7 +2426,12 @@ def _rows_v1_dense_ser_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -1992,7 +2459,12 @@ def _rows_v1_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float32(acc_L)
         L = m_L + math.log(s_L)
@@ -2034,7 +2506,12 @@ def _rows_v1_dense_par_float32(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -2069,7 +2546,12 @@ def _rows_v1_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -2081,7 +2563,12 @@ def _rows_v1_dense_contig_ser_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float32(acc_L)
@@ -2169,7 +2656,12 @@ def _rows_v1_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -2181,7 +2673,12 @@ def _rows_v1_dense_contig_par_float32(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float32(acc_L)
@@ -2262,7 +2759,12 @@ def _rows_v1_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float64(acc_L)
         L = m_L + math.log(s_L)
@@ -2304,7 +2806,12 @@ def _rows_v1_dense_ser_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -2332,7 +2839,12 @@ def _rows_v1_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
             acc_L += v_L
         s_L = np.float64(acc_L)
         L = m_L + math.log(s_L)
@@ -2374,7 +2886,12 @@ def _rows_v1_dense_par_float64(input_arr, weight_arr, label_smoothing, target_ar
             x = input_arr[o_, j_, c_]
             w = weight_arr[j_]
             t = target_arr[o_, j_, c_]
-            e_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
             d_input = -(adj_A_s*w) - (adj_A_t*t*w) + e_L*sc_L
             out_input[o_, j_, c_] = d_input
     return total_, weight_
@@ -2409,7 +2926,12 @@ def _rows_v1_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -2421,7 +2943,12 @@ def _rows_v1_dense_contig_ser_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float64(acc_L)
@@ -2509,7 +3036,12 @@ def _rows_v1_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_input[o_, np.uint64(j_)] = v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
@@ -2521,7 +3053,12 @@ def _rows_v1_dense_contig_par_float64(input_arr, weight_arr, label_smoothing, ta
                     x = input_arr[o_, np.uint64(j_)]
                     w = weight_arr[np.uint64(j_)]
                     t = target_arr[o_, np.uint64(j_)]
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         s_L = np.float64(acc_L)

@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["hinge_forward", "hinge_backward", "hinge_forward_backward"]
 

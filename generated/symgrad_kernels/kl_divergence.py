@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["kl_divergence_forward", "kl_divergence_backward", "kl_divergence_forward_backward"]
 

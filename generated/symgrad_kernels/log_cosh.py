@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["log_cosh_forward", "log_cosh_backward", "log_cosh_forward_backward"]
 

@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["mean_absolute_percentage_error_forward", "mean_absolute_percentage_error_backward", "mean_absolute_percentage_error_forward_backward"]
 

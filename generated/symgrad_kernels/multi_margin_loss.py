@@ -19,6 +19,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["multi_margin_loss_forward", "multi_margin_loss_backward", "multi_margin_loss_forward_backward"]
 

@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["multilabel_soft_margin_loss_forward", "multilabel_soft_margin_loss_backward", "multilabel_soft_margin_loss_forward_backward"]
 

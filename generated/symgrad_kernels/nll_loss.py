@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["nll_loss_forward", "nll_loss_backward", "nll_loss_forward_backward"]
 

@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["poisson_forward", "poisson_backward", "poisson_forward_backward"]
 

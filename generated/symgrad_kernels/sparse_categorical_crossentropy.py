@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["sparse_categorical_crossentropy_forward", "sparse_categorical_crossentropy_backward", "sparse_categorical_crossentropy_forward_backward"]
 
@@ -55,12 +56,27 @@ def _rows_v0_index_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float32(0.0)
             acc_L += v_L
-        s_L = np.float32(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, tgt_, c_]
+        A_ce = lt_L
         dsum_A_ce_L = np.float32(1.0)
         l = A_ce
         mw_ = np.float32(1.0)
@@ -76,9 +92,17 @@ def _rows_v0_index_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            e_L = _fn.exp_f32(-(m_L) + x)
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
+        x = y_pred_arr[o_, tgt_, c_]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_, c_] = d_y_pred
     return total_, weight_
 
 
@@ -103,12 +127,27 @@ def _rows_v0_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            v_L = _fn.exp_f32(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float32(0.0)
             acc_L += v_L
-        s_L = np.float32(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, tgt_, c_]
+        A_ce = lt_L
         dsum_A_ce_L = np.float32(1.0)
         l = A_ce
         mw_ = np.float32(1.0)
@@ -124,9 +163,17 @@ def _rows_v0_index_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-            e_L = _fn.exp_f32(-(m_L) + x)
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f32(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
+        x = y_pred_arr[o_, tgt_, c_]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_, c_] = d_y_pred
     return total_, weight_
 
 
@@ -158,8 +205,14 @@ def _rows_v0_index_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -169,13 +222,28 @@ def _rows_v0_index_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float32(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, np.uint64(tgt_)]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = lt_L
         dsum_A_ce_L = np.float32(1.0)
         l = A_ce
         mw_ = np.float32(1.0)
@@ -192,8 +260,11 @@ def _rows_v0_index_contig_ser_float32(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             e_L = out_y_pred[o_, j_]
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_] = d_y_pred
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_] = d_y_pred
     return total_, weight_
 
 
@@ -225,8 +296,14 @@ def _rows_v0_index_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -236,13 +313,28 @@ def _rows_v0_index_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
-                    v_L = _fn.exp_f32(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f32(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float32(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float32(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, np.uint64(tgt_)]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f32(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float32(acc_L)
+        s_L = np.float32(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = lt_L
         dsum_A_ce_L = np.float32(1.0)
         l = A_ce
         mw_ = np.float32(1.0)
@@ -259,8 +351,11 @@ def _rows_v0_index_contig_par_float32(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = np.float32(1.0) if j_ == tgt_ else np.float32(0.0)
             e_L = out_y_pred[o_, j_]
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else np.float32(0.0))
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_] = d_y_pred
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_] = d_y_pred
     return total_, weight_
 
 
@@ -285,12 +380,27 @@ def _rows_v0_index_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float64(0.0)
             acc_L += v_L
-        s_L = np.float64(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, tgt_, c_]
+        A_ce = lt_L
         dsum_A_ce_L = 1.0
         l = A_ce
         mw_ = 1.0
@@ -306,9 +416,17 @@ def _rows_v0_index_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            e_L = _fn.exp_f64(-(m_L) + x)
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
+        x = y_pred_arr[o_, tgt_, c_]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_, c_] = d_y_pred
     return total_, weight_
 
 
@@ -333,12 +451,27 @@ def _rows_v0_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            v_L = _fn.exp_f64(-(m_L) + x)
+            u_L = x
+            dd_v_L = u_L - m_L
+            dv_v_L = dd_v_L - u_L
+            de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+            pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+            v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+            v_L = v_L if j_ != tgt_ else np.float64(0.0)
             acc_L += v_L
-        s_L = np.float64(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, tgt_, c_]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, tgt_, c_]
+        A_ce = lt_L
         dsum_A_ce_L = 1.0
         l = A_ce
         mw_ = 1.0
@@ -354,9 +487,17 @@ def _rows_v0_index_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want_grad, 
         for j_ in range(n_):
             x = y_pred_arr[o_, j_, c_]
             t = 1.0 if j_ == tgt_ else 0.0
-            e_L = _fn.exp_f64(-(m_L) + x)
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            u_L = x
+            dd_e_L = u_L - m_L
+            dv_e_L = dd_e_L - u_L
+            de_e_L = (u_L - (dd_e_L - dv_e_L)) + (-m_L - dv_e_L)
+            pe_e_L = _vecmath.exp_nonpos_f64(dd_e_L)  # d <= 0
+            e_L = pe_e_L if de_e_L != de_e_L else pe_e_L + pe_e_L * de_e_L
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_, c_] = d_y_pred
+        x = y_pred_arr[o_, tgt_, c_]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_, c_] = d_y_pred
     return total_, weight_
 
 
@@ -388,8 +529,14 @@ def _rows_v0_index_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -399,13 +546,28 @@ def _rows_v0_index_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float64(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, np.uint64(tgt_)]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = lt_L
         dsum_A_ce_L = 1.0
         l = A_ce
         mw_ = 1.0
@@ -422,8 +584,11 @@ def _rows_v0_index_contig_ser_float64(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             e_L = out_y_pred[o_, j_]
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_] = d_y_pred
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_] = d_y_pred
     return total_, weight_
 
 
@@ -455,8 +620,14 @@ def _rows_v0_index_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
                     out_y_pred[o_, np.uint64(j_)] = v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
         else:
@@ -466,13 +637,28 @@ def _rows_v0_index_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
                 for j_ in range(b_, h_):
                     x = y_pred_arr[o_, np.uint64(j_)]
                     t = 1.0 if j_ == tgt_ else 0.0
-                    v_L = _fn.exp_f64(-(m_L) + x)
+                    u_L = x
+                    dd_v_L = u_L - m_L
+                    dv_v_L = dd_v_L - u_L
+                    de_v_L = (u_L - (dd_v_L - dv_v_L)) + (-m_L - dv_v_L)
+                    pe_v_L = _vecmath.exp_nonpos_f64(dd_v_L)  # d <= 0
+                    v_L = pe_v_L if de_v_L != de_v_L else pe_v_L + pe_v_L * de_v_L
+                    v_L = v_L if j_ != tgt_ else np.float64(0.0)
                     p_L = _add(p_L, v_L)
                 acc_L += np.float64(p_L)
-        s_L = np.float64(acc_L)
-        L = m_L + math.log(s_L)
         x = y_pred_arr[o_, np.uint64(tgt_)]
-        A_ce = L - (x)
+        u_L = x
+        dd_et_L = u_L - m_L
+        dv_et_L = dd_et_L - u_L
+        de_et_L = (u_L - (dd_et_L - dv_et_L)) + (-m_L - dv_et_L)
+        pe_et_L = _vecmath.exp_nonpos_f64(dd_et_L)  # d <= 0
+        et_L = pe_et_L if de_et_L != de_et_L else pe_et_L + pe_et_L * de_et_L
+        r_L = np.float64(acc_L)
+        s_L = np.float64(acc_L + np.float64(et_L))
+        L = m_L + math.log(s_L)
+        lt_L = (m_L - u_L) + (math.log1p(r_L) if u_L == m_L else math.log(s_L))
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        A_ce = lt_L
         dsum_A_ce_L = 1.0
         l = A_ce
         mw_ = 1.0
@@ -489,8 +675,11 @@ def _rows_v0_index_contig_par_float64(y_pred_arr, y_true_arr, gs, g_stride, want
             x = y_pred_arr[o_, np.uint64(j_)]
             t = 1.0 if j_ == tgt_ else 0.0
             e_L = out_y_pred[o_, j_]
-            d_y_pred = e_L*sc_L + (-(adj_A_ce) if (j_ == tgt_) else 0.0)
+            d_y_pred = e_L*sc_L
             out_y_pred[o_, j_] = d_y_pred
+        x = y_pred_arr[o_, np.uint64(tgt_)]
+        d_y_pred = -(gr_*r_L/s_L)
+        out_y_pred[o_, tgt_] = d_y_pred
     return total_, weight_
 
 

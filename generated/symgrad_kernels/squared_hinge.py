@@ -20,6 +20,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["squared_hinge_forward", "squared_hinge_backward", "squared_hinge_forward_backward"]
 

@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from . import _functions as _fn
 from . import _runtime as _rt
+from . import _vecmath
 
 __all__ = ["triplet_margin_loss_forward", "triplet_margin_loss_backward", "triplet_margin_loss_forward_backward"]
 

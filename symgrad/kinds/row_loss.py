@@ -21,10 +21,16 @@ Targets are dense (an element operand), class indices (t_j is then the one-hot [
 either, chosen by shape as torch's cross_entropy does. With class indices, a sum whose terms
 vanish at t = 0 is *gathered*, evaluated at the target class only: torch reads x_t alone, so a
 -inf logit elsewhere must not turn 0·inf into nan. ``ignore_index`` rows give 0 and leave the mean.
+
+Every e_j = exp(a_j - max) adds back the exact rounding error of a_j - max (TwoSum). With class
+indices, a log-sum-exp that a gathered aggregate reads is summed without the target (r) and read
+relative to it: L - x_t = log1p(r) where x_t is the max, and the target's gradient entry is
+-r/Σe, not softmax_t - 1 (see ``_relative``): no cancellation where the target dominates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from dataclasses import dataclass
@@ -52,7 +58,7 @@ J_, TGT_ = sp.symbols("j_ tgt_", integer=True)  # kernel loop index and the row'
 _TEMPLATE_NAMES = frozenset({
     "o_", "c_", "r_", "j_", "n_", "tgt_", "gr_", "outer_", "inner_", "shape", "losses",
     "total_", "weight_", "b_", "h_", "i_", "q_",
-    "want_grad", "gs", "g_stride", "ignore_index", "math", "np", "_fn", "C", "l",
+    "want_grad", "gs", "g_stride", "ignore_index", "math", "np", "_fn", "_vecmath", "C", "l",
 })
 
 
@@ -172,6 +178,11 @@ class AggregatePlan:
     gathered: bool
     partials: tuple[sp.Expr, ...]  # ∂a_j/∂u_j, one per differentiable operand
     dsums: tuple[tuple[sp.Symbol, sp.Symbol, sp.Expr], ...]  # (dsum name, of aggregate, ∂a/∂B)
+    # A gathered aggregate's value with each log-sum-exp L it reads written through
+    # lt_L = L - a_L(target) (see ``relative_lse``), where that cancels the target's own term.
+    value: sp.Expr | None = None
+    # A log-sum-exp whose sum pass leaves the target out: r_L = Σ_{j≠t} e_j, s_L = r_L + e_t.
+    relative: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,19 @@ class RowPlan:
     # e_L = exp(a_j - max) is what the sum pass stored and sc_L = adj_L / Σ e (the fast path's
     # gradient loop then reads e instead of computing exp again).
     stored_grads: tuple[sp.Expr, ...] = ()
+    # With a relative log-sum-exp: the gradient at the target class, written through r_L / s_L
+    # (e_t/s_L - 1 = -r_L/s_L, no cancellation where the target dominates), and the loop's
+    # gradients without their target-only terms (the target entry is written after the loop).
+    target_grads: tuple[sp.Expr, ...] = ()
+    loop_grads: tuple[sp.Expr, ...] = ()
+
+
+def relative_lse(symbol: sp.Symbol) -> tuple[sp.Symbol, sp.Symbol, sp.Symbol]:
+    """(lt_L, r_L, s_L): L - a_L(target) computed without cancellation, the sum of
+    e_j = exp(a_j - max) over j != target, and Σ_j e_j = r_L + e_target."""
+    return (sp.Symbol(f"lt_{symbol.name}", real=True),
+            sp.Symbol(f"r_{symbol.name}", nonnegative=True),
+            sp.Symbol(f"s_{symbol.name}", positive=True))
 
 
 def stored_exp(symbol: sp.Symbol) -> tuple[sp.Symbol, sp.Symbol]:
@@ -288,8 +312,81 @@ def _plan(spec: RowLoss, aggregates: list[Aggregate], loss: sp.Expr, mean_weight
             stored += term
         grads.append(merge_powers(total))
         stored_grads.append(merge_powers(stored))
+    target_grads: tuple[sp.Expr, ...] = ()
+    loop_grads: tuple[sp.Expr, ...] = ()
+    if mode == "index":
+        plans, target_grads = _relative(plans, adjoints, stored_grads, T)
+        if target_grads:
+            loop_grads = tuple(_without_target_terms(g) for g in stored_grads)
     return RowPlan(mode, tuple(plans), loss, mean_weight, tuple(adjoints), tuple(grads),
-                   tuple(stored_grads))
+                   tuple(stored_grads), target_grads, loop_grads)
+
+
+def _relative(plans: list[AggregatePlan], adjoints: list[tuple[sp.Symbol, sp.Expr]],
+              stored_grads: list[sp.Expr], target: sp.Symbol
+              ) -> tuple[list[AggregatePlan], tuple[sp.Expr, ...]]:
+    """Where the target class dominates a log-sum-exp row (x_t the max, the others far below),
+    L - x_t = log(1 + Σ_{j≠t} e_j) and softmax_t - 1 = -Σ_{j≠t} e_j / Σ_j e_j are tiny, and
+    computing them as differences of the rounded L or softmax_t cancels to 0. So, with class
+    indices, each log-sum-exp L that a gathered aggregate reads sums r_L = Σ_{j≠t} e_j (the
+    target left out; s_L = r_L + e_t), and:
+
+    * a gathered aggregate that simplifies when L = a_L(target) + lt_L is computed from
+      lt_L = (max - a_L(t)) + (log1p(r_L) if a_L(t) is the max else log(s_L));
+    * the gradient at the target, with e_t = s_L - r_L and the adjoints and gathered partials
+      substituted, is kept where it vanishes with r_L (the cancelling form): it is then written
+      after the row's gradient loop, which drops its target-only terms.
+    """
+    lses = [a for a in plans if a.reduce == "logsumexp" and not a.gathered]
+    gathered = [a for a in plans if a.gathered]
+    if not lses or not gathered:
+        return plans, ()
+    relative: set[sp.Symbol] = set()
+    out = []
+    for a in plans:
+        value = None
+        if a.gathered:
+            expr = a.expr
+            for lse in lses:
+                if not expr.has(lse.symbol):
+                    continue
+                tried = expr.subs(lse.symbol, lse.expr + relative_lse(lse.symbol)[0])
+                if not tried.has(lse.symbol) and sp.count_ops(tried) < sp.count_ops(expr):
+                    expr = tried
+                    relative.add(lse.symbol)
+            value = expr if expr != a.expr else None
+        out.append(a if value is None else dataclasses.replace(a, value=value))
+    # The target's gradient entry, every log-sum-exp read relative to the target.
+    subs: dict[sp.Symbol, sp.Expr] = {}
+    zero: dict[sp.Symbol, sp.Expr] = {}
+    for lse in lses:
+        _, r, s = relative_lse(lse.symbol)
+        e, scale = stored_exp(lse.symbol)
+        subs.update({e: s - r, scale: adjoint(lse.symbol) / s})
+        zero[r] = sp.S.Zero
+    at_target = {name: expr for a in gathered for name, _, expr in a.dsums}
+    target_grads = []
+    for g in stored_grads:
+        t = g.subs(J_, TGT_).subs(target, 1).subs(subs)
+        for _ in range(len(adjoints) + 1):
+            t = t.subs(dict(adjoints))
+        t = sp.factor(sp.simplify(t.subs(at_target)))
+        if t.has(*subs) or sp.simplify(t.subs(zero)) != 0:
+            target_grads = []
+            break
+        target_grads.append(t)
+    if target_grads:
+        relative |= {lse.symbol for lse in lses}
+    out = [dataclasses.replace(a, relative=True) if a.symbol in relative else a for a in out]
+    return out, tuple(target_grads)
+
+
+def _without_target_terms(expr: sp.Expr) -> sp.Expr:
+    """The gradient at j != target: the target-only Piecewise terms dropped."""
+    def only_target(e: sp.Basic) -> bool:
+        return (isinstance(e, sp.Piecewise) and len(e.args) == 2
+                and e.args[0].cond == sp.Eq(J_, TGT_) and e.args[1].cond == sp.true)
+    return expr.replace(only_target, lambda e: e.args[1].expr)
 
 
 def _variant_options(spec: RowLoss) -> list[dict[str, bool]]:
@@ -476,6 +573,21 @@ def _chain_rule_error(spec: RowLoss, aggregates: list[Aggregate], plan: RowPlan,
         if a.reduce == "max":
             env[sp.Symbol(f"cnt_{a.symbol.name}", positive=True)] = sum(
                 1 for t in terms if abs(sp.N(t - env[a.symbol])) < 1e-25)
+    # The relative log-sum-exp (shift 0): r = Σ_{j≠t} e^{a_j}, s = Σ_j e^{a_j}, lt = L - a_t;
+    # a gathered aggregate's value through lt must equal the aggregate.
+    relative: dict[sp.Symbol, sp.Expr] = {}
+    for a in plan.aggregates:
+        if a.relative:
+            lt, r, s = relative_lse(a.symbol)
+            terms = [sp.exp(a.expr.subs(at(j)).subs(point)) for j in range(n)]
+            relative.update({r: sp.Add(*terms) - terms[target], s: sp.Add(*terms),
+                             lt: env[a.symbol] - a.expr.subs(at(target)).subs(point)})
+    for a in plan.aggregates:
+        if a.value is not None:
+            got = a.value.subs(env).subs(relative).subs(at(target)).subs(point)
+            if abs(complex(sp.N(got - env[a.symbol], 25))) > 1e-18:
+                raise DerivationError(f"{spec.name}: {a.symbol} through L - a_L(target) does "
+                                      "not match the aggregate")
     env[sp.Symbol("gr_", real=True)] = sp.S.One
     for name, expr in plan.adjoints:
         env[name] = expr.subs(env).subs(at(0)).subs(point)
@@ -494,6 +606,10 @@ def _chain_rule_error(spec: RowLoss, aggregates: list[Aggregate], plan: RowPlan,
                     stored_env[scale] = env[adjoint(a.symbol)] / sp.exp(env[a.symbol])
             kernel = plan.stored_grads[k].subs(stored_env).subs(at(j)).subs(point)
             worst = max(worst, abs(complex(sp.N(exact - kernel, 25))))
+            if plan.target_grads:  # the target's entry through r and s, the others' loop
+                form = plan.target_grads[k] if j == target else plan.loop_grads[k]
+                kernel = form.subs(stored_env).subs(relative).subs(at(j)).subs(point)
+                worst = max(worst, abs(complex(sp.N(exact - kernel, 25))))
     return worst
 
 
@@ -543,6 +659,19 @@ _KEYS = {"float32": ("np.int32", "np.int32(31)", "np.int32(0x7FFFFFFF)", "np.int
 # Sums over a row run in blocks of this many elements: in the dtype within a block (a reduction
 # LLVM vectorizes at the dtype's full width), in float64 across blocks.
 ROW_BLOCK = 256
+
+
+def _shifted_exp(dst: str, u: str, m: str, dt: str) -> list[str]:
+    """dst = e^(u - m) for u <= m (m the row max, or nan) from the rounded difference d and
+    its exact rounding error (TwoSum): e^(d + err) = e^d (1 + err). exp amplifies the rounding
+    of d by |d| (33 ULP of a float32 softmax term at d near -80) otherwise."""
+    f = "f32" if dt == "float32" else "f64"
+    return [f"dd_{dst} = {u} - {m}",
+            f"dv_{dst} = dd_{dst} - {u}",
+            f"de_{dst} = ({u} - (dd_{dst} - dv_{dst})) + (-{m} - dv_{dst})",
+            f"pe_{dst} = _vecmath.exp_nonpos_{f}(dd_{dst})  # d <= 0",
+            # err is nan where d is ±inf or nan
+            f"{dst} = pe_{dst} if de_{dst} != de_{dst} else pe_{dst} + pe_{dst} * de_{dst}"]
 
 
 def _block_sums(spec: RowLoss, plan: RowPlan, dt: str, names: list[str], body: list[str],
@@ -619,31 +748,50 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
                 s = a.symbol.name
                 lines.append(f"acc_{s} = 0.0  # float64 accumulation")
                 names.append(s)
-                outputs[f"v_{s}"] = a.expr if a.reduce == "sum" else sp.exp(
-                    a.expr - sp.Symbol(f"m_{s}", real=True))
+                outputs[f"v_{s}" if a.reduce == "sum" else f"u_{s}"] = a.expr
                 for name, _, expr in a.dsums:
                     lines.append(f"acc_{name.name} = 0.0")
                     outputs[f"v_{name.name}"] = expr
                     names.append(name.name)
             body, _ = block(outputs, dt)
+            for a in sums:
+                if a.reduce == "logsumexp":
+                    body += _shifted_exp(f"v_{a.symbol.name}", f"u_{a.symbol.name}",
+                                         f"m_{a.symbol.name}", dt)
+            # A relative log-sum-exp sums the row without its target (the target's e_j is
+            # still stored for the gradient pass).
+            skip = [f"v_{a.symbol.name} = v_{a.symbol.name} if j_ != tgt_ else {cast}(0.0)"
+                    for a in sums if a.relative]
             if not contig:
                 lines.append("for j_ in range(n_):")
-                lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body]
+                lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_") + body + skip]
                 lines += [f"    acc_{s} += v_{s}" for s in names]
             elif store and lses[0] in sums:
                 # e_j = exp(a_j - max) goes to the gradient row, which the gradient pass reads.
                 lines.append("if want_grad:")
                 lines += ["    " + x for x in _block_sums(
                     spec, plan, dt, names, body,
-                    [f"{buf}[o_, np.uint64(j_)] = v_{lses[0].symbol.name}"])]
+                    [f"{buf}[o_, np.uint64(j_)] = v_{lses[0].symbol.name}", *skip])]
                 lines.append("else:")
-                lines += ["    " + x for x in _block_sums(spec, plan, dt, names, body, [])]
+                lines += ["    " + x for x in _block_sums(spec, plan, dt, names, body, skip)]
             else:
-                lines += _block_sums(spec, plan, dt, names, body, [])
+                lines += _block_sums(spec, plan, dt, names, body, skip)
             for a in sums:
                 s = a.symbol.name
                 if a.reduce == "sum":
                     lines.append(f"{s} = {cast}(acc_{s})")
+                elif a.relative:
+                    # r = Σ_{j≠t} e_j, s = r + e_t; lt = L - a(target) without cancellation:
+                    # log1p(r) where the target is the max (m - a_t = 0), else m - a_t >= 0
+                    # plus log(s) >= 0 (inf - inf stays nan, as torch's L - x_t).
+                    body_t, _ = block({f"u_{s}": a.expr}, dt)
+                    lines += _loads(spec, plan.mode, dt, "tgt_", contig) + body_t
+                    lines += _shifted_exp(f"et_{s}", f"u_{s}", f"m_{s}", dt)
+                    lines += [f"r_{s} = {cast}(acc_{s})",
+                              f"s_{s} = {cast}(acc_{s} + np.float64(et_{s}))",
+                              f"{s} = m_{s} + math.log(s_{s})",
+                              f"lt_{s} = (m_{s} - u_{s}) + (math.log1p(r_{s}) if u_{s} == m_{s} "
+                              f"else math.log(s_{s}))"]
                 else:
                     lines += [f"s_{s} = {cast}(acc_{s})", f"{s} = m_{s} + math.log(s_{s})"]
                 for name, _, _ in a.dsums:
@@ -653,7 +801,7 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
                 lines.append(f"{a.symbol.name} = m_{a.symbol.name}")
         gathered = [a for a in group if a.gathered]
         if gathered:
-            outputs = {a.symbol.name: a.expr for a in gathered}
+            outputs = {a.symbol.name: a.expr if a.value is None else a.value for a in gathered}
             for a in gathered:
                 outputs.update({name.name: expr for name, _, expr in a.dsums})
             body, _ = block(outputs, dt)
@@ -681,18 +829,28 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
             lines += [f"cnt_{s} = {cast}(0.0)", "for j_ in range(n_):"]
             lines += ["    " + x for x in _loads(spec, plan.mode, dt, "j_", contig) + body]
             lines += [f"    if v_{s} == {s}:", f"        cnt_{s} += {cast}(1.0)"]
-    grads = plan.stored_grads if lses else plan.grads
-    outputs = {} if store else {stored_exp(a.symbol)[0].name: sp.exp(
-        a.expr - sp.Symbol(f"m_{a.symbol.name}", real=True)) for a in lses}
-    body, _ = block({**outputs, **dict(zip(grad_names, grads, strict=True))}, dt)
+    grads = plan.loop_grads or (plan.stored_grads if lses else plan.grads)
+    exps: list[str] = []
+    if not store and lses:
+        body, _ = block({f"u_{a.symbol.name}": a.expr for a in lses}, dt)
+        exps = body + [x for a in lses for x in _shifted_exp(
+            stored_exp(a.symbol)[0].name, f"u_{a.symbol.name}", f"m_{a.symbol.name}", dt)]
+    body, _ = block(dict(zip(grad_names, grads, strict=True)), dt)
     lines.append("for j_ in range(n_):")
     loads = _loads(spec, plan.mode, dt, "j_", contig)
     if store:
         loads.append(f"{stored_exp(lses[0].symbol)[0].name} = {buf}[o_, j_]")
-    lines += ["    " + x for x in loads + body]
+    lines += ["    " + x for x in loads + exps + body]
     at = "[o_, j_]" if contig else "[o_, j_, c_]"
     for o, name in zip(diff_ops, grad_names, strict=True):
         lines.append(f"    out_{o.name}{at} = {name}")
+    if plan.target_grads:
+        # The target's entry, e_t/s - 1 written as -r/s (see _relative): after the loop.
+        body, _ = block(dict(zip(grad_names, plan.target_grads, strict=True)), dt)
+        lines += _loads(spec, plan.mode, dt, "tgt_", contig) + body
+        at = "[o_, tgt_]" if contig else "[o_, tgt_, c_]"
+        for o, name in zip(diff_ops, grad_names, strict=True):
+            lines.append(f"out_{o.name}{at} = {name}")
     return indent(lines, 8)
 
 
