@@ -997,9 +997,12 @@ def _class_index_chunk(args: tuple) -> list[tuple[list, list]]:
             scale = terms_fn(xs[t], top + ls)
             grads = []
             for k, v in enumerate(xm):
-                soft = c_soft * mpmath.exp(v - ls)
-                hit = c_target if k == t else 0.0
-                grads.append((*_split(soft + hit), float(abs(soft) + abs(hit))))
+                # At the target soft + hit cancels (softmax_t - 1 = -rest/total when x_t is a
+                # dominant max): 400 more digits keep every float64 result, down to 5e-324.
+                with mpmath.workdps(DIGITS + (400 if k == t else 0)):
+                    soft = c_soft * mpmath.exp(v - ls)
+                    hit = c_target if k == t else 0.0
+                    grads.append((*_split(soft + hit), float(abs(soft) + abs(hit))))
             out.append(((*_split(mpmath.mpf(loss)), float(scale)), grads))
     return out
 
