@@ -149,6 +149,9 @@ _MP_LIBRARY = {
     "logsigmoid": lambda z: -mpmath.log1p(mpmath.exp(-z)),
     "log1p": mpmath.log1p,
     "expm1": mpmath.expm1,
+    "xncdf": lambda z: z * mpmath.erfc(-z / mpmath.sqrt(2)) / 2,
+    "ncdf_xpdf": lambda z: (mpmath.erfc(-z / mpmath.sqrt(2)) / 2
+                            + z * mpmath.exp(-z * z / 2) / mpmath.sqrt(2 * mpmath.pi)),
 }
 
 

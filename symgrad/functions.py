@@ -27,6 +27,9 @@ class LibraryFunction(sp.Function):
 
     nargs = 1
     latex_name: str = ""
+    # Where the naive form (or its derivative) is wrong in float64 and the stable one is not
+    # (tests/test_derive.py): overflow at ±1000 for most functions.
+    hazard_points: tuple[float, ...] = (1000.0, -1000.0)
 
     @classmethod
     def explicit(cls, z: sp.Expr) -> sp.Expr:
@@ -116,6 +119,54 @@ class logsigmoid(LibraryFunction):  # noqa: N801
         return sigmoid(-z)
 
 
+def _normal_half(u: sp.Expr) -> sp.Expr:
+    """Φ(-|u|) = erfc(|u|/√2)/2, the smaller of Φ(u) and 1 - Φ(u): no cancellation."""
+    return sp.erfc(sp.Abs(u) / sp.sqrt(2)) / 2
+
+
+class xncdf(LibraryFunction):  # noqa: N801
+    """z·Φ(z), Φ the standard normal CDF: gelu. Its helper computes Φ from z itself, without
+    rounding z/√2 first (which costs 2(z²/2) ULP in the tail, 1.5e3 ULP at z = -38)."""
+
+    latex_name = r"\operatorname{gelu}"
+    # None here: its hazard is rounding (of z/√2), which its sympy stable form evaluated in
+    # numpy shares; the vecmath helper's accuracy is tested in tests/test_vecmath.py
+    hazard_points = ()
+
+    @classmethod
+    def explicit(cls, z):
+        return z * sp.erfc(-z / sp.sqrt(2)) / 2  # = z(1 + erf(z/√2))/2
+
+    @classmethod
+    def stable(cls, z):
+        return sp.Piecewise((z - z * _normal_half(z), z >= 0), (z * _normal_half(z), True))
+
+    @classmethod
+    def derivative(cls, z):
+        return ncdf_xpdf(z)
+
+
+class ncdf_xpdf(LibraryFunction):  # noqa: N801
+    """Φ(z) + z·φ(z) = (z·Φ(z))', gelu's derivative, φ the standard normal density. The two
+    terms cancel near its zero z0 = -0.7518; the helper has no cancellation there."""
+
+    latex_name = r"\operatorname{gelu}'"
+    hazard_points = ()  # cancellation near z0, as xncdf's: see tests/test_vecmath.py
+
+    @classmethod
+    def explicit(cls, z):
+        return sp.erfc(-z / sp.sqrt(2)) / 2 + z * sp.exp(-z**2 / 2) / sp.sqrt(2 * sp.pi)
+
+    @classmethod
+    def stable(cls, z):
+        zphi = z * sp.exp(-z**2 / 2) / sp.sqrt(2 * sp.pi)
+        return sp.Piecewise((1 - _normal_half(z) + zphi, z >= 0), (_normal_half(z) + zphi, True))
+
+    @classmethod
+    def derivative(cls, z):
+        return (2 - z**2) * sp.exp(-z**2 / 2) / sp.sqrt(2 * sp.pi)
+
+
 def canonical_library(expr: sp.Expr) -> sp.Expr:
     """σ(-z) -> 1 - σ(z), so that e.g. 1 - t - σ(-x) collapses to σ(x) - t (for display)."""
     return sp.expand(expr.replace(
@@ -124,7 +175,7 @@ def canonical_library(expr: sp.Expr) -> sp.Expr:
     ))
 
 
-LIBRARY: tuple[type[LibraryFunction], ...] = (sigmoid, softplus, logsigmoid)
+LIBRARY: tuple[type[LibraryFunction], ...] = (sigmoid, softplus, logsigmoid, xncdf, ncdf_xpdf)
 
 # Names a user formula may call; also what ``explicit_form`` expands.
 LIBRARY_BY_NAME: dict[str, type[LibraryFunction]] = {f.__name__: f for f in LIBRARY}
@@ -160,6 +211,8 @@ __all__ = [
     "expm1",
     "log1p",
     "logsigmoid",
+    "ncdf_xpdf",
     "sigmoid",
     "softplus",
+    "xncdf",
 ]

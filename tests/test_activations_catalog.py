@@ -486,8 +486,9 @@ def test_empty_zero_d_and_parallel_inputs():
     np.testing.assert_array_equal(gx, np.concatenate([p[1] for p in parts]))
 
 
+# gelu's approximate='none' float32 kernels are left out on purpose: their helpers xncdf_f32 and
+# ncdf_xpdf_f32 compute in float64 and round once (templates/cpu/vecmath.py).
 @pytest.mark.parametrize("module,kernel,extra", [
-    ("gelu", "_forward_backward_v0_ser_float32", ()),
     ("gelu", "_forward_backward_v1_ser_float32", ()),
     ("rrelu", "_forward_backward_train_ser_float32",
      (np.float32(0.1), np.float32(0.3), np.uint64(5))),

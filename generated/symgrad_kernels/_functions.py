@@ -34,6 +34,10 @@ erfc_f64 = _vecmath.erfc_f64
 # Implemented by _vecmath; each computes the stable form below.
 sigmoid_f32 = _vecmath.sigmoid_f32  # The logistic function 1 / (1 + e^-z). Stable form: Piecewise((1/(1 + exp(-z)), z >= 0), (exp(z)/(exp(z) + 1), True))
 sigmoid_f64 = _vecmath.sigmoid_f64  # The logistic function 1 / (1 + e^-z). Stable form: Piecewise((1/(1 + exp(-z)), z >= 0), (exp(z)/(exp(z) + 1), True))
+xncdf_f32 = _vecmath.xncdf_f32  # z·Φ(z), Φ the standard normal CDF: gelu. Its helper computes Φ from z itself, without Stable form: Piecewise((-z*erfc(sqrt(2)*Abs(z)/2)/2 + z, z >= 0), (z*erfc(sqrt(2)*Abs(z)/2)/2, True))
+xncdf_f64 = _vecmath.xncdf_f64  # z·Φ(z), Φ the standard normal CDF: gelu. Its helper computes Φ from z itself, without Stable form: Piecewise((-z*erfc(sqrt(2)*Abs(z)/2)/2 + z, z >= 0), (z*erfc(sqrt(2)*Abs(z)/2)/2, True))
+ncdf_xpdf_f32 = _vecmath.ncdf_xpdf_f32  # Φ(z) + z·φ(z) = (z·Φ(z))', gelu's derivative, φ the standard normal density. The two Stable form: Piecewise((sqrt(2)*z*exp(-z**2/2)/(2*sqrt(pi)) - erfc(sqrt(2)*Abs(z)/2)/2 + 1, z >= 0), (sqrt(2)*z*exp(-z**2/2)/(2*sqrt(pi)) + erfc(sqrt(2)*Abs(z)/2)/2, True))
+ncdf_xpdf_f64 = _vecmath.ncdf_xpdf_f64  # Φ(z) + z·φ(z) = (z·Φ(z))', gelu's derivative, φ the standard normal density. The two Stable form: Piecewise((sqrt(2)*z*exp(-z**2/2)/(2*sqrt(pi)) - erfc(sqrt(2)*Abs(z)/2)/2 + 1, z >= 0), (sqrt(2)*z*exp(-z**2/2)/(2*sqrt(pi)) + erfc(sqrt(2)*Abs(z)/2)/2, True))
 
 
 # forceinline: LLVM must inline helpers into the caller's loop for it to vectorize.

@@ -71,6 +71,10 @@ __all__ = [
     "erfc_f64",
     "sigmoid_f32",
     "sigmoid_f64",
+    "xncdf_f32",
+    "xncdf_f64",
+    "ncdf_xpdf_f32",
+    "ncdf_xpdf_f64",
 ]
 
 _jit = numba.njit(error_model="numpy", forceinline=True, fastmath={"contract"})
@@ -660,15 +664,8 @@ def erfc_f32(x):
 
 
 @_jit
-def erfc_f64(x):
-    """erfc = 1 - erf, float64, accurate in the tail.  erfc(inf) = 0, erfc(-inf) = 2."""
-    x = np.float64(x)
-    a = abs(x)
-    r = x * _erf_small_f64(x * x)
-    small = 1.0 - (x + r) if x < 0.25 else 0.5 - ((x - 0.5) + r)
-    # erfc rounds to 0 beyond 27.23
-    ac = a if a > 0.875 else 0.875
-    ac = ac if ac < 27.3 else 0.875
+def _erfc_tail_q_f64(ac):
+    """q with erfc(ac) = e^(-ac^2) q, for ac in [0.875, 27.3] (erfc_f64's tail pieces)."""
     in_a = ac < 1.875
     in_t = ac < 4.5
     inv = 1.0 / ac
@@ -713,6 +710,20 @@ def erfc_f64(x):
                        -0.008201890737601022)
     q = q * u + _pick3(in_a, in_t, 0.3432958898621254, 0.5304385720089408, 0.5572913318123387)
     q = q if in_a else q / ac
+    return q
+
+
+@_jit
+def erfc_f64(x):
+    """erfc = 1 - erf, float64, accurate in the tail.  erfc(inf) = 0, erfc(-inf) = 2."""
+    x = np.float64(x)
+    a = abs(x)
+    r = x * _erf_small_f64(x * x)
+    small = 1.0 - (x + r) if x < 0.25 else 0.5 - ((x - 0.5) + r)
+    # erfc rounds to 0 beyond 27.23
+    ac = a if a > 0.875 else 0.875
+    ac = ac if ac < 27.3 else 0.875
+    q = _erfc_tail_q_f64(ac)
     ah = np.int64(np.float64(ac).view(np.int64) & _D_HIGH26).view(np.float64)  # 26 bits
     n, r1, c = _exp_reduce_f64(-(ah * ah))
     ph, pl = _exp_pair_f64(1.0, r1, c + (ac - ah) * (ac + ah))
@@ -720,6 +731,209 @@ def erfc_f64(x):
     large = (ph * q + pl * q) * _pow2_f64(n - d) * _pow2_f64(d)
     large = large if a < 27.3 else 0.0
     res = small if a < 0.875 else (large if x > 0.0 else 2.0 - large)
+    return x if x != x else res
+
+
+# ---------------------------------------------------------------------------
+# gelu: xncdf(x) = x Phi(x) and ncdf_xpdf(x) = Phi(x) + x phi(x) (its derivative)
+# ---------------------------------------------------------------------------
+# Phi(x) = erfc(-x/sqrt2)/2 through erfc of a rounded x/sqrt2 costs 2 a^2 ULP in the tail
+# (a relative error d of a = |x|/sqrt2 is 2 a^2 d in e^(-a^2)), and Phi + x phi cancels near
+# its zero x0 = -0.7518 (1600 ULP at the float32 neighbours of x0).
+#
+# float32 (computed in float64, rounded once at the end): with s = |x|, e = e^(-s^2/2)
+# (s^2 exact in float64) and the Mills ratio R(s) = Phi(-s)/phi(s),
+#   Phi(-s) = e m,  m = R(s)/sqrt(2 pi) = t Q(t),  t = 1/(1 + s/4),  Q a polynomial;
+#   Phi + x phi = e k for x < 0, 1 - e k for x >= 0 (g(x) + g(-x) = 1), k = (R(s) - s)/sqrt(2 pi)
+#   = m - s/sqrt(2 pi), and near s0 = -x0 k = (s - s0) H(s), no cancellation.
+# float64: z = -x/sqrt2 as a double-word zh + zl (Dekker's product), erfc's pieces at zh plus
+# zl erfc'(zh) below 0.875, and e^(-x^2/2) from x itself (x = xh + xl, xh^2 exact) beyond;
+# the derivative near x0 is e^(-x^2/2) (s - s0) H(s) on s in [0.3, 2], where Phi + x phi
+# would lose up to 3.7 bits.
+
+_D_SQRTH = 0.7071067811865476  # 1/sqrt2 rounded
+_D_SQRTH_HI = 0.7071067690849304  # its 26 high bits
+_D_SQRTH_MID = 1.2101617152815436e-08  # _D_SQRTH - _D_SQRTH_HI (exact)
+_D_SQRTH_LO = -4.833646656726457e-17  # 1/sqrt2 - _D_SQRTH
+_D_INV_SQRT_2PI = 0.3989422804014327
+_D_GELU_S0_HI = 0.7517915246935645  # -x0, the zero of Phi + x phi at x0 < 0
+_D_GELU_S0_LO = -1.4956759177009883e-17
+
+
+@_jit
+def _phi_mills_f32(x):
+    """For float32 x, in float64: (s, e, m) with s = |x| clamped to 15, e = e^(-s^2/2) and
+    m = R(s)/sqrt(2 pi), each within 2^-28 relative (nan computes at 15)."""
+    s = abs(np.float64(x))
+    s = s if s < 15.0 else 15.0
+    v = -0.5 * (s * s)  # exact: a 24-bit s squares exactly
+    tt = v * _D_LOG2E + _D_ROUND
+    k = tt - _D_ROUND
+    n = np.float64(tt).view(np.int64) - _D_ROUND_BITS  # in [-163, 0]
+    r = (v - k * _D_LN2_HI) - k * _D_LN2_LO
+    # e^r for |r| <= ln2/2, rel. error 2^-28.6
+    p = 0.0013941108433972674
+    p = p * r + 0.008375126398153335
+    p = p * r + 0.04166635289677516
+    p = p * r + 0.16666415514653277
+    p = p * r + 0.5000000047117757
+    p = p * r + 1.000000037716214
+    p = p * r + 1.0
+    e = p * _pow2_f64(n)
+    t = 1.0 / (1.0 + 0.25 * s)
+    u = t - 0.6052631578947368
+    # Q(t) = R(s)/(t sqrt(2 pi)) on s in [0, 15], u = t - 0.605: rel. error 2^-28.4
+    q = -0.013198487884431722
+    q = q * u + 0.015777085686312534
+    q = q * u + 0.03247517138509548
+    q = q * u + -0.03344014550595798
+    q = q * u + -0.08865855741064155
+    q = q * u + 0.013982443444900395
+    q = q * u + 0.26207006901249613
+    q = q * u + 0.47993558252901836
+    q = q * u + 0.5215891684588976
+    q = q * u + 0.3990105958875509
+    q = q * u + 0.22557091061685644
+    return s, e, t * q
+
+
+@_jit
+def xncdf_f32(x):
+    """x Phi(x) (gelu), Phi the standard normal CDF, float32 in and out (float64 inside).
+    xncdf(-inf) = 0, xncdf(inf) = inf."""
+    x = np.float32(x)
+    xd = np.float64(x)
+    s, e, m = _phi_mills_f32(x)
+    lower = e * m  # Phi(-s)
+    res = xd * (lower if xd < 0.0 else 1.0 - lower)
+    res = res if xd > -15.0 else 0.0  # x Phi(x) < 2^-160 there
+    return np.float32(x if x != x else res)
+
+
+@_jit
+def ncdf_xpdf_f32(x):
+    """Phi(x) + x phi(x) (gelu's derivative), float32 in and out (float64 inside).
+    ncdf_xpdf(-inf) = 0, ncdf_xpdf(inf) = 1."""
+    x = np.float32(x)
+    xd = np.float64(x)
+    s, e, m = _phi_mills_f32(x)
+    # near s0: (s - s0) H(s), u = s - 0.75, rel. error 2^-31.7; s - s0_hi is exact there
+    u = s - 0.75
+    h = -0.0005583328232337272
+    h = h * u + 0.0017627767466947078
+    h = h * u + -0.0051795765986261694
+    h = h * u + 0.014350149721357591
+    h = h * u + -0.03665862214344082
+    h = h * u + 0.08488758570487405
+    h = h * u + -0.5725581358499552
+    near = ((s - _D_GELU_S0_HI) - _D_GELU_S0_LO) * h
+    k = near if (s > 0.5 and s < 1.0) else m - s * _D_INV_SQRT_2PI
+    lower = e * k
+    res = lower if xd < 0.0 else 1.0 - lower
+    res = res if xd > -15.0 else 0.0  # |Phi + x phi| < 2^-157 there
+    return np.float32(x if x != x else res)
+
+
+@_jit
+def _minus_x_sqrth_f64(x):
+    """-x/sqrt2 as zh + zl, |zl| <= ulp(zh) (Dekker's product with 26-bit halves)."""
+    zh = -(x * _D_SQRTH)
+    xh = np.int64(np.float64(x).view(np.int64) & _D_HIGH26).view(np.float64)
+    xl = x - xh
+    err = (((xh * _D_SQRTH_HI + zh) + xh * _D_SQRTH_MID) + xl * _D_SQRTH_HI) + xl * _D_SQRTH_MID
+    return zh, -(err + x * _D_SQRTH_LO)
+
+
+@_jit
+def _ncdf_parts_f64(x):
+    """The pieces of Phi(x) = erfc(z)/2, z = -x/sqrt2, float64.
+
+    Returns (small, a_small, ph, pl, q, n, d): erfc(z) for |z| < 0.875 (with zl's share);
+    a_small = |z| < 0.875; e^(-x^2/2) = (ph + pl) 2^n (|x| clamped to 38.9,
+    computed from x itself), q with erfc(|z|) = e^(-z^2) q there; 2^n = 2^(n-d) 2^d with both
+    factors normal.
+    """
+    zh, zl = _minus_x_sqrth_f64(x)
+    a = abs(zh)
+    w = zh * zh
+    r = zh * _erf_small_f64(w)
+    # erf(zh + zl) - erf(zh) = zl (2/sqrt(pi)) e^(-zh^2) (1 + O(zl)); 2^-9 is plenty
+    ew = 1.0 - w * (1.0 - w * (0.5 - w * (0.16666666666666666 - w * 0.041666666666666664)))
+    dr = zl * (1.1283791670955126 * ew)
+    r = r + dr
+    small = 1.0 - (zh + r) if zh < 0.25 else 0.5 - ((zh - 0.5) + r)
+    ac = a if a > 0.875 else 0.875
+    ac = ac if ac < 27.3 else 27.3  # nan too; q's last 0.5% beyond 27.3 is below 2^-1074
+    q = _erfc_tail_q_f64(ac)
+    xa = abs(x)
+    xa = xa if xa < 38.9 else 38.9  # nan -> 38.9
+    xh = np.int64(np.float64(xa).view(np.int64) & _D_HIGH26).view(np.float64)
+    n, r1, c = _exp_reduce_f64(-0.5 * (xh * xh))
+    ph, pl = _exp_pair_f64(1.0, r1, c + 0.5 * ((xa - xh) * (xa + xh)))
+    d = min(n + 1000, 0)
+    return small, a < 0.875, ph, pl, q, n, d
+
+
+@_jit
+def xncdf_f64(x):
+    """x Phi(x) (gelu), Phi the standard normal CDF, float64.
+    xncdf(-inf) = 0, xncdf(inf) = inf."""
+    x = np.float64(x)
+    small, in_small, ph, pl, q, n, d = _ncdf_parts_f64(x)
+    # x < 0: x erfc(|z|)/2 with the scaling last (one rounding where it is subnormal)
+    scale = _pow2_f64(n - d) * _pow2_f64(d)  # 2^n, exact down to 2^-1074
+    neg = ((ph * q + pl * q) * (0.5 * x)) * _pow2_f64(n - d) * _pow2_f64(d)
+    pos = x - (0.5 * x) * ((ph * q + pl * q) * scale)  # erfc(|z|) <= 0.22 here
+    res = (0.5 * x) * small if in_small else (neg if x < 0.0 else pos)
+    a = abs(x)
+    res = res if a < 38.9 else (x if x > 0.0 else 0.0)
+    return x if x != x else res
+
+
+@_jit
+def ncdf_xpdf_f64(x):
+    """Phi(x) + x phi(x) (gelu's derivative), float64.
+    ncdf_xpdf(-inf) = 0, ncdf_xpdf(inf) = 1."""
+    x = np.float64(x)
+    small, in_small, ph, pl, q, n, d = _ncdf_parts_f64(x)
+    s = abs(x)
+    # |x| < 1.24 (z small): Phi + x phi, where e^(-x^2/2) = ph + pl exactly enough (n >= -2)
+    scale = _pow2_f64(n - d) * _pow2_f64(d)  # 2^n, exact down to 2^-1074
+    e = (ph + pl) * scale
+    mid = 0.5 * small + x * (e * _D_INV_SQRT_2PI)
+    # tail: e^(-x^2/2) (q/2 + x/sqrt(2 pi)) for x < 0 (q/2 <= 0.29 |x| / 1.24: no cancellation
+    # beyond |x| = 2), 1 - erfc(|z|)/2 + x phi for x > 0
+    kq = 0.5 * q + x * _D_INV_SQRT_2PI
+    neg = (ph * kq + pl * kq) * _pow2_f64(n - d) * _pow2_f64(d)
+    pos = (1.0 - 0.5 * (ph * q + pl * q) * scale) + x * (e * _D_INV_SQRT_2PI)
+    res = mid if in_small else (neg if x < 0.0 else pos)
+    # s in [0.3, 2]: Phi(-s) + (-s) phi(s) = e^(-s^2/2) (s - s0) H(s), u = s - 1.15,
+    # rel. error 2^-61; g(x) = 1 - g(-x) for x > 0
+    u = s - 1.15
+    h = -6.377777558547017e-12
+    h = h * u + 3.2354326419399576e-11
+    h = h * u + -1.3865521054949303e-10
+    h = h * u + 6.673294331220009e-10
+    h = h * u + -3.163653207727544e-09
+    h = h * u + 1.4474723203536234e-08
+    h = h * u + -6.437358716295605e-08
+    h = h * u + 2.7798336148727367e-07
+    h = h * u + -1.1628556371290823e-06
+    h = h * u + 4.701258676580752e-06
+    h = h * u + -1.831976197517616e-05
+    h = h * u + 6.859190891799066e-05
+    h = h * u + -0.0002458343585284378
+    h = h * u + 0.0008395664722258373
+    h = h * u + -0.002716889957126525
+    h = h * u + 0.008271880083331514
+    h = h * u + -0.02347526031475479
+    h = h * u + 0.06131654021375837
+    h = h * u + -0.5436667955534376
+    k = ((s - _D_GELU_S0_HI) - _D_GELU_S0_LO) * h
+    near = (ph * k + pl * k) * scale
+    near = near if x < 0.0 else 1.0 - near
+    res = near if (s > 0.3 and s < 2.0) else res
+    res = res if s < 38.9 else (1.0 if x > 0.0 else 0.0)
     return x if x != x else res
 
 
