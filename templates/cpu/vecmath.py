@@ -6,8 +6,10 @@ selects and integer bit manipulation, so once LLVM has inlined them into the cal
 loop (``range`` or ``prange``) the loop vectorizes (SSE2 / AVX2 / AVX-512).
 
 Functions: ``exp, exp_nonpos (x <= 0 only), expm1, log, log1p, tanh, erf, erfc,
-sigmoid``, each as ``<name>_f32`` and ``<name>_f64``.  ``*_f32`` converts its argument
-to float32, computes in float32 only and returns float32; ``*_f64`` likewise in float64.
+sigmoid``, and gelu's ``xncdf`` (x·Φ(x)) and ``ncdf_xpdf`` (Φ(x) + x·φ(x)), each as
+``<name>_f32`` and ``<name>_f64``.  ``*_f32`` converts its argument to float32, computes
+in float32 only and returns float32 (except xncdf_f32 and ncdf_xpdf_f32, which compute
+in float64 and round once); ``*_f64`` likewise in float64.
 
 Behaviour (checked by tests/test_vecmath.py):
   * Accuracy: the tests require <= 2 ULP against the exact result wherever that
