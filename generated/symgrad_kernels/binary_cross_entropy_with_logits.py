@@ -25,8 +25,8 @@ def _block_sum(values):
     """Float64 sum with reassociation allowed (and no other fast-math assumption: nan and inf
     propagate as usual), so that LLVM splits it over vector lanes."""
     acc = 0.0
-    for v in values:
-        acc += np.float64(v)
+    for j in range(values.size):  # an index loop: iterating the array itself stayed scalar
+        acc += np.float64(values[j])
     return acc
 
 
@@ -153,12 +153,14 @@ def _loss_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss: 16 ops
                 l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
-                buf[i - lo] = l
+                buf[j] = l
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -183,16 +185,19 @@ def _fused_sum_ser_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            ob = out[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss and gradient: 23 ops
                 _c0 = pos_weight*t
                 _c1 = _fn.sigmoid_f32(x)
                 l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
                 dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
-                buf[i - lo] = l
-                out[i] = dl * scale
+                buf[j] = l
+                ob[j] = dl * scale
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -323,12 +328,14 @@ def _loss_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss: 16 ops
                 l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(pos_weight*t*x)))
-                buf[i - lo] = l
+                buf[j] = l
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -353,16 +360,19 @@ def _fused_sum_par_float32(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            ob = out[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss and gradient: 23 ops
                 _c0 = pos_weight*t
                 _c1 = _fn.sigmoid_f32(x)
                 l = weight*((t*(pos_weight + np.float32(-1.0)) + np.float32(1.0))*_fn.softplus_f32(-(abs(x))) + (-(x*(t + np.float32(-1.0))) if (x >= np.float32(0.0)) else -(_c0*x)))
                 dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
-                buf[i - lo] = l
-                out[i] = dl * scale
+                buf[j] = l
+                ob[j] = dl * scale
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -496,12 +506,14 @@ def _loss_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss: 16 ops
                 l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
-                buf[i - lo] = l
+                buf[j] = l
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -526,16 +538,19 @@ def _fused_sum_ser_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            ob = out[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss and gradient: 23 ops
                 _c0 = pos_weight*t
                 _c1 = _fn.sigmoid_f64(x)
                 l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
                 dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
-                buf[i - lo] = l
-                out[i] = dl * scale
+                buf[j] = l
+                ob[j] = dl * scale
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -666,12 +681,14 @@ def _loss_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, pos
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss: 16 ops
                 l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(pos_weight*t*x)))
-                buf[i - lo] = l
+                buf[j] = l
         else:
             for i in range(lo, hi):
                 x = xs[i]
@@ -696,16 +713,19 @@ def _fused_sum_par_float64(xs, ts, weight_arr, weight_stride, pos_weight_arr, po
         if weight_stride == 0 and pos_weight_stride == 0:
             weight = weight_arr[0]
             pos_weight = pos_weight_arr[0]
-            for i in range(lo, hi):
-                x = xs[i]
-                t = ts[i]
+            xb = xs[lo:hi]
+            tb = ts[lo:hi]
+            ob = out[lo:hi]
+            for j in range(hi - lo):
+                x = xb[j]
+                t = tb[j]
                 # loss and gradient: 23 ops
                 _c0 = pos_weight*t
                 _c1 = _fn.sigmoid_f64(x)
                 l = weight*((t*(pos_weight - 1.0) + 1.0)*_fn.softplus_f64(-(abs(x))) + (-(x*(t - 1.0)) if (x >= 0.0) else -(_c0*x)))
                 dl = weight*(_c0*_c1 - (_c0) - (_c1*t) + _c1)
-                buf[i - lo] = l
-                out[i] = dl * scale
+                buf[j] = l
+                ob[j] = dl * scale
         else:
             for i in range(lo, hi):
                 x = xs[i]

@@ -25,8 +25,8 @@ def _block_sum(values):
     """Float64 sum with reassociation allowed (and no other fast-math assumption: nan and inf
     propagate as usual), so that LLVM splits it over vector lanes."""
     acc = 0.0
-    for v in values:
-        acc += np.float64(v)
+    for j in range(values.size):  # an index loop: iterating the array itself stayed scalar
+        acc += np.float64(values[j])
     return acc
 
 
