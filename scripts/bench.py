@@ -891,27 +891,30 @@ def target_lines(rows: list[Row]) -> list[str]:
 WHY_MISSED = """\
 Why the misses are missed (measured on this machine, 2026-11-23; rerun the commands to check):
 
-- Memory traffic. A pass cannot beat its array traffic, and the LIB/floor ratio in the table is the
-  most any kernel could reach. A fused forward+backward moves 4 arrays and torch's forward then
-  autograd backward 5, so where torch's kernels are fast (sigmoid, relu, silu, softmax) the floor
-  allows 1.2-1.8x, not 3x. The Adam step runs at its own traffic floor (see the notes: symgrad
-  1.0x of a kernel with the same 7 array streams and no arithmetic, torch's fused step 1.05-1.1x),
-  so no in-place step can be 1.5x faster than torch's fused one at 10^7.
+- Memory traffic. A pass cannot beat its array traffic; the LIB/floor ratio in the table is the
+  most any kernel could reach in this run. A fused forward+backward moves 4 arrays and torch's
+  forward then autograd backward 5, so where torch's kernels are fast (sigmoid, relu, silu) the
+  floor allows well under 3x. The floor itself moves (on this VM a float32 copy of 10^7
+  elements took 0.65-1.9 ms within one run): read the ratios to one digit. The Adam step runs
+  at its own traffic floor (the notes: symgrad 1.0x of a kernel with the same 7 array streams and
+  no arithmetic, torch's fused step 1.0-1.1x), so no in-place step can be 1.5x faster than
+  torch's fused one at 10^7.
 - Arithmetic. The transcendental forwards are compute-bound on 2 cores, hence their distance from
   the copy: per element in an in-cache loop (single thread, float32) sigmoid costs 0.26 ns, erfc
   0.78 ns, gelu's x·Φ(x) 0.82 ns (computed in float64 so that it is within 0.54 ULP; it was
-  181 ULP) against 0.17 ns for the copy. torch's float32 gelu is a float32 erf: 0.64-0.7x here is
-  the price of the accuracy (ACCURACY.md). relu and silu at 0.8-0.95x of torch are within the
-  noise of the floor (both libraries are at it).
-- Softmax and log_softmax forwards are a max pass, an exp pass and a scaling pass; torch does the
-  same passes, so the 1.5x target needs a kernel twice as fast per element as torch's Sleef exp.
-  Ours spends the difference on accuracy: the TwoSum correction of x - max (63 -> 2.2 ULP) and a
-  float64 row sum; for log_softmax the split sum that makes log1p(rest) exact (1.67e7 -> 4.9
-  ULP) is a fourth pass, which costs most on rows of 32.
-- cross_entropy: 2.3-2.6x torch against the 3x target; the floor allows 3.4-3.7x. The kernel
-  reads the logits twice (max, then exp and sum) and writes the gradient once.
-- 10^3 elements: softplus's forward and backward are kernel time (log1p and exp to 1.4 ULP), not
-  call overhead: the wrapper costs about 0.6 us (scripts/call_overhead.py).
+  181 ULP) against 0.17 ns for the copy; softplus's log1p(e^-|x|) to 1.4 ULP about 1 ns. torch's
+  float32 gelu is a float32 erf: 0.6-0.7x here is the price of the accuracy (ACCURACY.md). relu,
+  sigmoid and silu at 0.8-1x of torch are at the floor together with it.
+- Softmax and log_softmax forwards are a max pass, an exp pass and a scaling pass, as torch's; the
+  1.5x target needs an exp twice as fast per element as torch's. Ours spends the difference on
+  accuracy: the TwoSum correction of x - max (63 -> 2.2 ULP) and a float64 row sum; for
+  log_softmax the split sum that makes log1p(rest) exact (1.67e7 -> 4.9 ULP) is a fourth pass,
+  which costs most on rows of 32 (0.34x torch there).
+- cross_entropy: 2.4-2.5x torch against the 3x target. The kernel reads the logits twice (max,
+  then exp, sum and gradient) and now also sums the row without the target's term (so that a
+  dominant target's loss is exact, not 0).
+- 10^3 elements: softplus's forward is kernel time (log1p and exp to 1.4 ULP), not call
+  overhead: a wrapper costs about 0.6 us (scripts/call_overhead.py).
 """
 
 
