@@ -36,16 +36,18 @@ def _row_sum(values, n):
 
 
 @njit(error_model="numpy", forceinline=True)
-def _exp_sums(values):
-    """For e_j = exp(x_j - max) in (0, 1]: (Σ e_j over e_j < 1, the number of e_j equal to 1).
+def _exp_sums(values, n):
+    """For e_j = exp(x_j - max) in (0, 1]: (Σ e_j over e_j < 1, the sum of the e_j equal to 1).
 
     Kept apart, the terms below 1 are not lost against the max's 1 (in a running float64 sum,
     one dominant entry absorbs every term under half its ulp), and Σ e_j - 1, which log_softmax
-    takes log1p of, is their sum plus (count - 1) without cancellation.
+    takes log1p of, is their sum plus (count - 1) without cancellation. One pass with two
+    accumulators, vectorized (an index loop: iterating the array itself stayed scalar).
     """
     below = 0.0
     ones = 0.0
-    for v in values:
+    for j in range(n):
+        v = values[j]
         below = _add(below, np.float64(v) if v < 1 else 0.0)
         ones = _add(ones, 0.0 if v < 1 else np.float64(v))
     return below, ones
@@ -95,15 +97,11 @@ def _forward_ser_float32(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f32(np.float32(rest))
@@ -153,15 +151,11 @@ def _forward_par_float32(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f32(np.float32(rest))
@@ -247,15 +241,11 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f32(np.float32(rest))
@@ -320,15 +310,11 @@ def _forward_backward_par_float32(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f32(np.float32(rest))
@@ -397,15 +383,11 @@ def _forward_ser_float64(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f64(np.float64(rest))
@@ -455,15 +437,11 @@ def _forward_par_float64(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f64(np.float64(rest))
@@ -549,15 +527,11 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f64(np.float64(rest))
@@ -622,15 +596,11 @@ def _forward_backward_par_float64(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         # log of the sum as log1p(sum - 1): a row where the max dominates keeps the small rest
         # of the sum instead of rounding log(1 + rest) to 0.
         ls = _fn.log1p_f64(np.float64(rest))

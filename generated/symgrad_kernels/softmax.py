@@ -36,16 +36,18 @@ def _row_sum(values, n):
 
 
 @njit(error_model="numpy", forceinline=True)
-def _exp_sums(values):
-    """For e_j = exp(x_j - max) in (0, 1]: (Σ e_j over e_j < 1, the number of e_j equal to 1).
+def _exp_sums(values, n):
+    """For e_j = exp(x_j - max) in (0, 1]: (Σ e_j over e_j < 1, the sum of the e_j equal to 1).
 
     Kept apart, the terms below 1 are not lost against the max's 1 (in a running float64 sum,
     one dominant entry absorbs every term under half its ulp), and Σ e_j - 1, which log_softmax
-    takes log1p of, is their sum plus (count - 1) without cancellation.
+    takes log1p of, is their sum plus (count - 1) without cancellation. One pass with two
+    accumulators, vectorized (an index loop: iterating the array itself stayed scalar).
     """
     below = 0.0
     ones = 0.0
-    for v in values:
+    for j in range(n):
+        v = values[j]
         below = _add(below, np.float64(v) if v < 1 else 0.0)
         ones = _add(ones, 0.0 if v < 1 else np.float64(v))
     return below, ones
@@ -95,6 +97,7 @@ def _forward_ser_float32(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
         total = _row_sum(row, n)
         s = np.float32(total)
         for j in range(n):
@@ -141,6 +144,7 @@ def _forward_par_float32(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
         total = _row_sum(row, n)
         s = np.float32(total)
         for j in range(n):
@@ -223,6 +227,7 @@ def _forward_backward_ser_float32(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
         total = _row_sum(row, n)
         s = np.float32(total)
         gr = gs[r]
@@ -282,6 +287,7 @@ def _forward_backward_par_float32(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f32(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
+        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
         total = _row_sum(row, n)
         s = np.float32(total)
         gr = gs[r]
@@ -345,15 +351,11 @@ def _forward_ser_float64(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         s = np.float64(total)
         for j in range(n):
             e = row[j]
@@ -399,15 +401,11 @@ def _forward_par_float64(xs, out):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         s = np.float64(total)
         for j in range(n):
             e = row[j]
@@ -489,15 +487,11 @@ def _forward_backward_ser_float64(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         s = np.float64(total)
         gr = gs[r]
         gx = grad[r]
@@ -556,15 +550,11 @@ def _forward_backward_par_float64(xs, gs, out, grad):
                 err = (v - (d - vd)) + (-m - vd)
                 p = _vecmath.exp_nonpos_f64(d)  # d <= 0
                 row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        total = _row_sum(row, n)
-        rest = total - 1.0
-        if total < 2.0:
-            # The max's own term, 1, dominates: sum the others apart (against the 1 they would
-            # be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-            # (A float32 softmax needs neither: the float64 sum is 2^29 times finer than y.)
-            below, ones = _exp_sums(row)
-            total = ones + below
-            rest = below + (ones - 1.0)
+        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
+        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
+        below, ones = _exp_sums(row, n)
+        total = ones + below
+        rest = below + (ones - 1.0)
         s = np.float64(total)
         gr = gs[r]
         gx = grad[r]
