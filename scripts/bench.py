@@ -904,15 +904,15 @@ Why the misses are missed (measured on this machine, 2026-11-23; rerun the comma
   0.78 ns, gelu's x·Φ(x) 0.82 ns (computed in float64 so that it is within 0.54 ULP; it was
   181 ULP) against 0.17 ns for the copy; softplus's log1p(e^-|x|) to 1.4 ULP about 1 ns. torch's
   float32 gelu is a float32 erf: 0.6-0.7x here is the price of the accuracy (ACCURACY.md). relu,
-  sigmoid and silu at 0.8-1x of torch are at the floor together with it.
+  sigmoid and silu at 0.7-1x of torch are at the floor together with it.
 - Softmax and log_softmax forwards are a max pass, an exp pass and a scaling pass, as torch's; the
   1.5x target needs an exp twice as fast per element as torch's. Ours spends the difference on
   accuracy: the TwoSum correction of x - max (63 -> 2.2 ULP) and a float64 row sum; for
-  log_softmax the split sum that makes log1p(rest) exact (1.67e7 -> 4.9 ULP) is a fourth pass,
-  which costs most on rows of 32 (0.34x torch there).
-- cross_entropy: 2.4-2.5x torch against the 3x target. The kernel reads the logits twice (max,
-  then exp, sum and gradient) and now also sums the row without the target's term (so that a
-  dominant target's loss is exact, not 0).
+  log_softmax the split sum that makes log1p(rest) exact (1.67e7 -> 4.9 ULP) and a scalar
+  log1p per row weigh most on rows of 32 (0.3-0.5x torch there).
+- cross_entropy: 2.4-2.8x torch (float32, across runs) against the 3x target. The kernel reads
+  the logits twice (max, then exp, sum and gradient) and now also sums the row without the
+  target's term (so that a dominant target's loss is exact, not 0).
 - 10^3 elements: softplus's forward is kernel time (log1p and exp to 1.4 ULP), not call
   overhead: a wrapper costs about 0.6 us (scripts/call_overhead.py).
 """
