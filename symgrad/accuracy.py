@@ -115,7 +115,7 @@ def _elementwise_refs(op: str) -> tuple[Callable, Callable, Callable]:
     """(f and f' together, textbook f, textbook f') for op at its default parameters, as
     functions of x (and t, the target, for a loss); f and f' in one function with their common
     subexpressions shared (half the mpmath calls)."""
-    from symgrad.derive import default_subs, mp_lambdify, spec_rewrites, stabilize
+    from symgrad.derive import MP_LIBRARY, default_subs, mp_lambdify, spec_rewrites, stabilize
     from symgrad.functions import elementary_form
     from symgrad.rewrite import REFERENCE_EXTRA
     from symgrad.spec import T, X
@@ -130,7 +130,7 @@ def _elementwise_refs(op: str) -> tuple[Callable, Callable, Callable]:
     rewrites = (*spec_rewrites(spec), *REFERENCE_EXTRA)
     grad = sp.piecewise_fold(sp.diff(formula, X))
     pair = [stabilize(formula, rewrites).subs(subs), stabilize(grad, rewrites).subs(subs)]
-    both = sp.lambdify(args, pair, modules=[_MP_LIBRARY, "mpmath"], cse=True)
+    both = sp.lambdify(args, pair, modules=[MP_LIBRARY, "mpmath"], cse=True)
     tf = mp_lambdify(args, elementary_form(formula).subs(subs))
     td = mp_lambdify(args, elementary_form(grad).subs(subs))
     return both, tf, td
@@ -141,18 +141,6 @@ def _operands(point) -> tuple[float, list[mpmath.mpf]]:
     if isinstance(point, tuple | list):
         return point[0], [mpmath.mpf(v) for v in point[1:]]
     return point, []
-
-
-_MP_LIBRARY = {
-    "sigmoid": lambda z: 1 / (1 + mpmath.exp(-z)),
-    "softplus": lambda z: mpmath.log1p(mpmath.exp(z)),
-    "logsigmoid": lambda z: -mpmath.log1p(mpmath.exp(-z)),
-    "log1p": mpmath.log1p,
-    "expm1": mpmath.expm1,
-    "xncdf": lambda z: z * mpmath.erfc(-z / mpmath.sqrt(2)) / 2,
-    "ncdf_xpdf": lambda z: (mpmath.erfc(-z / mpmath.sqrt(2)) / 2
-                            + z * mpmath.exp(-z * z / 2) / mpmath.sqrt(2 * mpmath.pi)),
-}
 
 
 def _split(value: mpmath.mpf) -> tuple[float, float]:
@@ -541,7 +529,7 @@ def _loss_term_sizes(op: str) -> Callable:
     """(x, t) -> (Σ|terms| of ℓ, Σ|terms| of ∂ℓ/∂x), the top-level terms of the stabilized
     formulas: a loss is typically a difference (x·(1 - t) - log σ(x)) that cancels near its
     minimum, and no rounding of the terms can do better than eps · Σ|terms| there."""
-    from symgrad.derive import default_subs, spec_rewrites, stabilize
+    from symgrad.derive import MP_LIBRARY, default_subs, spec_rewrites, stabilize
     from symgrad.rewrite import REFERENCE_EXTRA
     from symgrad.spec import T, X
 
@@ -552,7 +540,7 @@ def _loss_term_sizes(op: str) -> Callable:
     for formula in (spec.loss, sp.piecewise_fold(sp.diff(spec.loss, X))):
         stable = sp.expand(stabilize(formula, rewrites).subs(subs), deep=False)
         sizes.append(sp.Add(*[sp.Abs(term) for term in sp.Add.make_args(stable)]))
-    return sp.lambdify([X, T], sizes, modules=[_MP_LIBRARY, "mpmath"])
+    return sp.lambdify([X, T], sizes, modules=[MP_LIBRARY, "mpmath"])
 
 
 def _loss_terms_chunk(args: tuple) -> list[tuple[float, float]]:
@@ -646,7 +634,7 @@ def _pointwise_refs(op: str) -> tuple[Callable, Callable, Callable, int]:
     proves, with torch's gradient conventions where it has them), Σ|terms| of each, and the
     textbook ℓ. Optional operands (weight) are absent, i.e. at their default; an operand's
     ``load`` (var clamped at eps) applies when it is read, not to the derivative."""
-    from symgrad.derive import default_subs, derive
+    from symgrad.derive import MP_LIBRARY, default_subs, derive
     from symgrad.functions import elementary_form
 
     spec = _spec(op)
@@ -662,9 +650,9 @@ def _pointwise_refs(op: str) -> tuple[Callable, Callable, Callable, int]:
     loads = {o.symbol: o.load.subs(subs) for o in spec.operands if o.load is not None}
     forms = [e.subs(subs).subs(loads) for e in (d.loss, *d.grads)]
     args = [o.symbol for o in required]
-    both = sp.lambdify(args, forms, modules=[_MP_LIBRARY, "mpmath"], cse=True)
+    both = sp.lambdify(args, forms, modules=[MP_LIBRARY, "mpmath"], cse=True)
     sizes = sp.lambdify(args, [sp.Add(*[sp.Abs(t) for t in sp.Add.make_args(
-        sp.expand(f, deep=False))]) for f in forms], modules=[_MP_LIBRARY, "mpmath"])
+        sp.expand(f, deep=False))]) for f in forms], modules=[MP_LIBRARY, "mpmath"])
     textbook = _mp_lambdify(args, elementary_form(spec.loss.subs(subs).subs(loads)))
     return both, sizes, textbook, len(forms)
 

@@ -114,21 +114,25 @@ def is_zero(expr: sp.Expr, symbols: list[sp.Symbol], *, points: int = 24) -> Pro
     return Proof("", f"mpmath at {points} points, 40 digits")
 
 
+# mpmath definitions of the library functions (and log1p/expm1 kept as such), for every
+# high-precision evaluation: mp_lambdify here, the accuracy sweep's references.
+MP_LIBRARY = {
+    "sigmoid": lambda z: 1 / (1 + mpmath.exp(-z)),
+    "softplus": lambda z: mpmath.log1p(mpmath.exp(z)),
+    "logsigmoid": lambda z: -mpmath.log1p(mpmath.exp(-z)),
+    "log1p": mpmath.log1p,
+    "expm1": mpmath.expm1,
+    "xncdf": lambda z: z * mpmath.erfc(-z / mpmath.sqrt(2)) / 2,
+    "ncdf_xpdf": lambda z: (mpmath.erfc(-z / mpmath.sqrt(2)) / 2
+                            + z * mpmath.exp(-z * z / 2) / mpmath.sqrt(2 * mpmath.pi)),
+}
+
+
 def mp_lambdify(symbols: list[sp.Symbol], expr: sp.Expr):
     """An mpmath evaluator that keeps log1p/expm1 and defines the library functions through
     them, so that a stabilized form keeps all its digits (1 - e^y at y = -1e-18 would lose 18
     of them; e^(-1e-60) - 1 is 0 at 50 digits)."""
-    library = {
-        "sigmoid": lambda z: 1 / (1 + mpmath.exp(-z)),
-        "softplus": lambda z: mpmath.log1p(mpmath.exp(z)),
-        "logsigmoid": lambda z: -mpmath.log1p(mpmath.exp(-z)),
-        "log1p": mpmath.log1p,
-        "expm1": mpmath.expm1,
-        "xncdf": lambda z: z * mpmath.erfc(-z / mpmath.sqrt(2)) / 2,
-        "ncdf_xpdf": lambda z: (mpmath.erfc(-z / mpmath.sqrt(2)) / 2
-                                + z * mpmath.exp(-z * z / 2) / mpmath.sqrt(2 * mpmath.pi)),
-    }
-    return sp.lambdify(symbols, expr, modules=[library, "mpmath"])
+    return sp.lambdify(symbols, expr, modules=[MP_LIBRARY, "mpmath"])
 
 
 def default_subs(spec: OpSpec) -> dict[sp.Symbol, float]:
