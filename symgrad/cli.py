@@ -93,13 +93,15 @@ def _derive(spec, ops: OpSet):
 # -- generate -----------------------------------------------------------------------------------
 
 class Progress:
-    """A one-line progress bar on stderr: the op, its stage, elapsed time."""
+    """A one-line progress bar on stderr: the op, its stage, elapsed time. Where stderr is not a
+    terminal (a CI log, a pipe) only each stage's first and last step are printed, a line each."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.start = time.perf_counter()
         self.tty = sys.stderr.isatty()
         self.enabled = enabled
         self.shown = False
+        self.stage = ""
 
     def __call__(self, i: int, total: int, name: str, stage: str) -> None:
         if not self.enabled:
@@ -111,8 +113,9 @@ class Progress:
         if self.tty:
             print("\r" + line[:100].ljust(100), end="", file=sys.stderr, flush=True)
             self.shown = True
-        else:
+        elif stage != self.stage or i == total:
             print(line, file=sys.stderr, flush=True)
+        self.stage = stage
 
     def done(self) -> None:
         if self.tty and self.shown:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import symgrad.output as output
-from symgrad.cli import main
+from symgrad.cli import Progress, main
 from symgrad.spec import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +200,17 @@ def test_plot_writes_a_png_or_says_how_to_get_matplotlib(tmp_path, monkeypatch, 
 
 
 # -- generate: summary, check, only, progress ---------------------------------------------------
+
+def test_progress_in_a_log_prints_each_stage_first_and_last(capsys):
+    # capsys's stderr is not a terminal: a CI log gets two lines per stage, not one per op.
+    progress = Progress()
+    for stage in ("derive", "render"):
+        for i in range(1, 11):
+            progress(i, 10, f"op{i}", stage)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("] ")[1].split(" (")[0] for line in lines] == [
+        "1/10 op1: derive", "10/10 op10: derive", "1/10 op1: render", "10/10 op10: render"]
+
 
 def test_generate_reports_what_changed(tmp_path, capsys):
     spec = write_spec(tmp_path)

@@ -52,6 +52,16 @@ def _exp_sums(values, n):
         ones = _add(ones, 0.0 if v < 1 else np.float64(v))
     return below, ones
 
+# Bytes of a row block (see row_loops), a measured best: 2-2.5x faster than one row at a time
+# for rows of 32 float32, while larger blocks slowed float64. The backward, a short chain per
+# row (its sum, then the gradient), goes one row at a time: blocks only slowed it.
+_BLOCK_BYTES = 2048
+# The parallel kernels split the rows into chunks of at least _CHUNK_ELEMENTS elements, at most
+# _MAX_CHUNKS of them, which prange shares out among its threads (asking Numba for its thread
+# count inside the kernel would stop it from being cached).
+_CHUNK_ELEMENTS = 16384
+_MAX_CHUNKS = 256
+
 __all__ = ["softmax_forward", "softmax_backward", "softmax_forward_backward"]
 
 
@@ -61,96 +71,116 @@ __all__ = ["softmax_forward", "softmax_backward", "softmax_forward_backward"]
 @njit(cache=True, error_model="numpy")
 def _forward_ser_float32(xs, out):
     rows, n = xs.shape
-    for r in range(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float32(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
-            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
-            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = np.float32(1.0) * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = np.float32(1.0) * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f32(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
-        total = _row_sum(row, n)
-        s = np.float32(total)
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
+    per_block = max(1, _BLOCK_BYTES // (4 * n))
+    chunks = 1
+    for c in range(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((2, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int32(-2**31)
+                for j in range(n):
+                    q = np.float32(np.float32(1.0) * x[j]).view(np.int32)
+                    k = max(k, np.int32(q ^ ((q >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+                maxes[r - b0] = np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = np.float32(1.0) * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = np.float32(1.0) * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f32(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
+                sums[r - b0] = _row_sum(out[r], n)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                s = np.float32(sums[r - b0])
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_par_float32(xs, out):
     rows, n = xs.shape
-    for r in prange(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float32(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
-            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
-            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = np.float32(1.0) * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = np.float32(1.0) * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f32(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
-        total = _row_sum(row, n)
-        s = np.float32(total)
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
+    per_block = max(1, _BLOCK_BYTES // (4 * n))
+    chunks = min(rows, _MAX_CHUNKS, max(1, rows * n // _CHUNK_ELEMENTS))
+    for c in prange(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((2, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int32(-2**31)
+                for j in range(n):
+                    q = np.float32(np.float32(1.0) * x[j]).view(np.int32)
+                    k = max(k, np.int32(q ^ ((q >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+                maxes[r - b0] = np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = np.float32(1.0) * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = np.float32(1.0) * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f32(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
+                sums[r - b0] = _row_sum(out[r], n)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                s = np.float32(sums[r - b0])
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
 
 
 @njit(cache=True, error_model="numpy")
@@ -191,122 +221,154 @@ def _backward_par_float32(ys, gs, grad):
 @njit(cache=True, error_model="numpy")
 def _forward_backward_ser_float32(xs, gs, out, grad):
     rows, n = xs.shape
-    for r in range(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float32(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
-            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
-            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = np.float32(1.0) * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = np.float32(1.0) * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f32(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
-        total = _row_sum(row, n)
-        s = np.float32(total)
-        gr = gs[r]
-        gx = grad[r]
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
-        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
-        # halve its vector width.
-        acc = 0.0
-        for j in range(n):
-            y = row[j]
-            acc = _add(acc, np.float64(gr[j] * (-(y))))
-        a = np.float32(acc)
-        for j in range(n):
-            y = row[j]
-            g = gr[j]
-            gx[j] = y*(a + g)
+    per_block = max(1, _BLOCK_BYTES // (4 * n))
+    chunks = 1
+    for c in range(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((3, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        accs = scratch[2]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int32(-2**31)
+                for j in range(n):
+                    q = np.float32(np.float32(1.0) * x[j]).view(np.int32)
+                    k = max(k, np.int32(q ^ ((q >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+                maxes[r - b0] = np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = np.float32(1.0) * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = np.float32(1.0) * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f32(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
+                sums[r - b0] = _row_sum(out[r], n)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                s = np.float32(sums[r - b0])
+                gr = gs[r]
+                gx = grad[r]
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
+                # The backward's row sum in a loop of its own: in the loop above, a float64 sum
+                # would halve its vector width.
+                acc = 0.0
+                for j in range(n):
+                    y = row[j]
+                    acc = _add(acc, np.float64(gr[j] * (-(y))))
+                accs[r - b0] = acc
+            for r in range(b0, b1):
+                row = out[r]
+                gr = gs[r]
+                gx = grad[r]
+                a = np.float32(accs[r - b0])
+                for j in range(n):
+                    y = row[j]
+                    g = gr[j]
+                    gx[j] = y*(a + g)
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float32(xs, gs, out, grad):
     rows, n = xs.shape
-    for r in prange(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float32(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            m1 = x[j + 1] * np.float32(1.0) if x[j + 1] * np.float32(1.0) > m1 else m1
-            m2 = x[j + 2] * np.float32(1.0) if x[j + 2] * np.float32(1.0) > m2 else m2
-            m3 = x[j + 3] * np.float32(1.0) if x[j + 3] * np.float32(1.0) > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * np.float32(1.0) if x[j] * np.float32(1.0) > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = np.float32(1.0) * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = np.float32(1.0) * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f32(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
-        total = _row_sum(row, n)
-        s = np.float32(total)
-        gr = gs[r]
-        gx = grad[r]
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
-        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
-        # halve its vector width.
-        acc = 0.0
-        for j in range(n):
-            y = row[j]
-            acc = _add(acc, np.float64(gr[j] * (-(y))))
-        a = np.float32(acc)
-        for j in range(n):
-            y = row[j]
-            g = gr[j]
-            gx[j] = y*(a + g)
+    per_block = max(1, _BLOCK_BYTES // (4 * n))
+    chunks = min(rows, _MAX_CHUNKS, max(1, rows * n // _CHUNK_ELEMENTS))
+    for c in prange(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((3, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        accs = scratch[2]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int32(-2**31)
+                for j in range(n):
+                    q = np.float32(np.float32(1.0) * x[j]).view(np.int32)
+                    k = max(k, np.int32(q ^ ((q >> np.int32(31)) & np.int32(0x7FFFFFFF))))
+                maxes[r - b0] = np.int32(k ^ ((k >> np.int32(31)) & np.int32(0x7FFFFFFF))).view(np.float32)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = np.float32(1.0) * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = np.float32(1.0) * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f32(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # A float32 softmax needs no split sum: the float64 sum is 2^29 times finer than y.
+                sums[r - b0] = _row_sum(out[r], n)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float32(maxes[r - b0])
+                s = np.float32(sums[r - b0])
+                gr = gs[r]
+                gx = grad[r]
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
+                # The backward's row sum in a loop of its own: in the loop above, a float64 sum
+                # would halve its vector width.
+                acc = 0.0
+                for j in range(n):
+                    y = row[j]
+                    acc = _add(acc, np.float64(gr[j] * (-(y))))
+                accs[r - b0] = acc
+            for r in range(b0, b1):
+                row = out[r]
+                gr = gs[r]
+                gx = grad[r]
+                a = np.float32(accs[r - b0])
+                for j in range(n):
+                    y = row[j]
+                    g = gr[j]
+                    gx[j] = y*(a + g)
 
 
 # ---------------------------------------------------------------- float64
@@ -315,102 +377,122 @@ def _forward_backward_par_float32(xs, gs, out, grad):
 @njit(cache=True, error_model="numpy")
 def _forward_ser_float64(xs, out):
     rows, n = xs.shape
-    for r in range(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float64(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
-            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
-            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = 1.0 * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = 1.0 * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f64(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
-        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-        below, ones = _exp_sums(row, n)
-        total = ones + below
-        rest = below + (ones - 1.0)
-        s = np.float64(total)
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
+    per_block = max(1, _BLOCK_BYTES // (8 * n))
+    chunks = 1
+    for c in range(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((2, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int64(-2**63)
+                for j in range(n):
+                    q = np.float64(1.0 * x[j]).view(np.int64)
+                    k = max(k, np.int64(q ^ ((q >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
+                maxes[r - b0] = np.int64(k ^ ((k >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = 1.0 * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = 1.0 * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f64(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # The max's own term, 1, would dominate: the others are summed apart (against the 1
+                # they would be lost below half its ulp), for softmax's sum and log_softmax's
+                # log1p(rest).
+                below, ones = _exp_sums(out[r], n)
+                sums[r - b0] = ones + below
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                s = np.float64(sums[r - b0])
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_par_float64(xs, out):
     rows, n = xs.shape
-    for r in prange(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float64(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
-            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
-            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = 1.0 * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = 1.0 * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f64(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
-        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-        below, ones = _exp_sums(row, n)
-        total = ones + below
-        rest = below + (ones - 1.0)
-        s = np.float64(total)
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
+    per_block = max(1, _BLOCK_BYTES // (8 * n))
+    chunks = min(rows, _MAX_CHUNKS, max(1, rows * n // _CHUNK_ELEMENTS))
+    for c in prange(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((2, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int64(-2**63)
+                for j in range(n):
+                    q = np.float64(1.0 * x[j]).view(np.int64)
+                    k = max(k, np.int64(q ^ ((q >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
+                maxes[r - b0] = np.int64(k ^ ((k >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = 1.0 * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = 1.0 * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f64(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # The max's own term, 1, would dominate: the others are summed apart (against the 1
+                # they would be lost below half its ulp), for softmax's sum and log_softmax's
+                # log1p(rest).
+                below, ones = _exp_sums(out[r], n)
+                sums[r - b0] = ones + below
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                s = np.float64(sums[r - b0])
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
 
 
 @njit(cache=True, error_model="numpy")
@@ -451,128 +533,160 @@ def _backward_par_float64(ys, gs, grad):
 @njit(cache=True, error_model="numpy")
 def _forward_backward_ser_float64(xs, gs, out, grad):
     rows, n = xs.shape
-    for r in range(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float64(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
-            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
-            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = 1.0 * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = 1.0 * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f64(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
-        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-        below, ones = _exp_sums(row, n)
-        total = ones + below
-        rest = below + (ones - 1.0)
-        s = np.float64(total)
-        gr = gs[r]
-        gx = grad[r]
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
-        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
-        # halve its vector width.
-        acc = 0.0
-        for j in range(n):
-            y = row[j]
-            acc = _add(acc, np.float64(gr[j] * (-(y))))
-        a = np.float64(acc)
-        for j in range(n):
-            y = row[j]
-            g = gr[j]
-            gx[j] = y*(a + g)
+    per_block = max(1, _BLOCK_BYTES // (8 * n))
+    chunks = 1
+    for c in range(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((3, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        accs = scratch[2]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int64(-2**63)
+                for j in range(n):
+                    q = np.float64(1.0 * x[j]).view(np.int64)
+                    k = max(k, np.int64(q ^ ((q >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
+                maxes[r - b0] = np.int64(k ^ ((k >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = 1.0 * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = 1.0 * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f64(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # The max's own term, 1, would dominate: the others are summed apart (against the 1
+                # they would be lost below half its ulp), for softmax's sum and log_softmax's
+                # log1p(rest).
+                below, ones = _exp_sums(out[r], n)
+                sums[r - b0] = ones + below
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                s = np.float64(sums[r - b0])
+                gr = gs[r]
+                gx = grad[r]
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
+                # The backward's row sum in a loop of its own: in the loop above, a float64 sum
+                # would halve its vector width.
+                acc = 0.0
+                for j in range(n):
+                    y = row[j]
+                    acc = _add(acc, np.float64(gr[j] * (-(y))))
+                accs[r - b0] = acc
+            for r in range(b0, b1):
+                row = out[r]
+                gr = gs[r]
+                gx = grad[r]
+                a = np.float64(accs[r - b0])
+                for j in range(n):
+                    y = row[j]
+                    g = gr[j]
+                    gx[j] = y*(a + g)
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def _forward_backward_par_float64(xs, gs, out, grad):
     rows, n = xs.shape
-    for r in prange(rows):
-        x = xs[r]
-        row = out[r]
-        # Max with 4 accumulators: breaks the dependency chain (nan is skipped here and
-        # poisons the sum below, so a row holding nan comes out nan).
-        m0 = m1 = m2 = m3 = np.float64(-np.inf)
-        j = 0
-        while j + 4 <= n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            m1 = x[j + 1] * 1.0 if x[j + 1] * 1.0 > m1 else m1
-            m2 = x[j + 2] * 1.0 if x[j + 2] * 1.0 > m2 else m2
-            m3 = x[j + 3] * 1.0 if x[j + 3] * 1.0 > m3 else m3
-            j += 4
-        while j < n:
-            m0 = x[j] * 1.0 if x[j] * 1.0 > m0 else m0
-            j += 1
-        m01 = m0 if m0 > m1 else m1
-        m23 = m2 if m2 > m3 else m3
-        m = m01 if m01 > m23 else m23
-        if m == np.inf:
-            # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit as
-            # those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
-            for j in range(n):
-                v = 1.0 * x[j]
-                row[j] = 1.0 if v == m else (0.0 if v == v else v)  # a nan poisons the row
-        else:
-            for j in range(n):
-                # exp(v - m) from the rounded difference d and its exact rounding error
-                # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the rounding
-                # of d by |d|.
-                v = 1.0 * x[j]
-                d = v - m
-                vd = d - v
-                err = (v - (d - vd)) + (-m - vd)
-                p = _vecmath.exp_nonpos_f64(d)  # d <= 0
-                row[j] = p if err != err else p + p * err  # err is nan where d is ±inf or nan
-        # The max's own term, 1, would dominate: the others are summed apart (against the 1 they
-        # would be lost below half its ulp), for softmax's sum and log_softmax's log1p(rest).
-        below, ones = _exp_sums(row, n)
-        total = ones + below
-        rest = below + (ones - 1.0)
-        s = np.float64(total)
-        gr = gs[r]
-        gx = grad[r]
-        for j in range(n):
-            e = row[j]
-            y = e/s
-            row[j] = y
-        # The backward's row sum in a loop of its own: in the loop above, a float64 sum would
-        # halve its vector width.
-        acc = 0.0
-        for j in range(n):
-            y = row[j]
-            acc = _add(acc, np.float64(gr[j] * (-(y))))
-        a = np.float64(acc)
-        for j in range(n):
-            y = row[j]
-            g = gr[j]
-            gx[j] = y*(a + g)
+    per_block = max(1, _BLOCK_BYTES // (8 * n))
+    chunks = min(rows, _MAX_CHUNKS, max(1, rows * n // _CHUNK_ELEMENTS))
+    for c in prange(chunks):
+        c0 = rows * c // chunks
+        c1 = rows * (c + 1) // chunks
+        scratch = np.empty((3, per_block))  # one allocation: float64 holds any dtype
+        maxes = scratch[0]
+        sums = scratch[1]
+        accs = scratch[2]
+        for b0 in range(c0, c1, per_block):
+            b1 = min(b0 + per_block, c1)
+            for r in range(b0, b1):
+                x = xs[r]
+                # The max on integer keys that order like the floats (row_loss.ORDER_KEYS): it
+                # vectorizes, a float max does not. A nan is skipped or becomes the max; either
+                # way it poisons the sum below, so a row holding nan comes out nan.
+                k = np.int64(-2**63)
+                for j in range(n):
+                    q = np.float64(1.0 * x[j]).view(np.int64)
+                    k = max(k, np.int64(q ^ ((q >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))))
+                maxes[r - b0] = np.int64(k ^ ((k >> np.int64(63)) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                if m == np.inf:
+                    # A +inf entry: e^(x - m) would be inf - inf = nan (torch's answer). The limit
+                    # as those entries grow puts the whole mass on them: e = 1 there, 0 elsewhere.
+                    for j in range(n):
+                        v = 1.0 * x[j]
+                        row[j] = 1.0 if v == m else (0.0 if v == v else v)  # nan poisons the row
+                else:
+                    for j in range(n):
+                        # exp(v - m) from the rounded difference d and its exact rounding error
+                        # (TwoSum): e^(d + err) = e^d (1 + err). Without it exp amplifies the
+                        # rounding of d by |d|.
+                        v = 1.0 * x[j]
+                        d = v - m
+                        vd = d - v
+                        err = (v - (d - vd)) + (-m - vd)
+                        p = _vecmath.exp_nonpos_f64(d)  # d <= 0
+                        row[j] = p if err != err else p + p * err  # err is nan where d is ±inf/nan
+            for r in range(b0, b1):
+                # The max's own term, 1, would dominate: the others are summed apart (against the 1
+                # they would be lost below half its ulp), for softmax's sum and log_softmax's
+                # log1p(rest).
+                below, ones = _exp_sums(out[r], n)
+                sums[r - b0] = ones + below
+            for r in range(b0, b1):
+                x = xs[r]
+                row = out[r]
+                m = np.float64(maxes[r - b0])
+                s = np.float64(sums[r - b0])
+                gr = gs[r]
+                gx = grad[r]
+                for j in range(n):
+                    e = row[j]
+                    y = e/s
+                    row[j] = y
+                # The backward's row sum in a loop of its own: in the loop above, a float64 sum
+                # would halve its vector width.
+                acc = 0.0
+                for j in range(n):
+                    y = row[j]
+                    acc = _add(acc, np.float64(gr[j] * (-(y))))
+                accs[r - b0] = acc
+            for r in range(b0, b1):
+                row = out[r]
+                gr = gs[r]
+                gx = grad[r]
+                a = np.float64(accs[r - b0])
+                for j in range(n):
+                    y = row[j]
+                    g = gr[j]
+                    gx[j] = y*(a + g)
 
 
 # Kernels by dtype: (serial, parallel). Arrays of at least _rt.PARALLEL_MIN_SIZE elements take the

@@ -649,13 +649,15 @@ def block(outputs: dict[str, sp.Expr], dt: str) -> tuple[list[str], int]:
     return _block({k: stabilize(v) for k, v in outputs.items()}, dt)
 
 
-# The fast path's max of a log-sum-exp row runs on integer keys: the float's bits with the
-# magnitude bits flipped where the sign is set order like the floats, and an integer max
-# vectorizes where a float compare-and-select one does not (LLVM needs no-nans for that). A nan
-# is then skipped or taken as the max; either way exp(nan - m) or exp(x - nan) makes the sum nan.
-_KEYS = {"float32": ("np.int32", "np.int32(31)", "np.int32(0x7FFFFFFF)", "np.int32(-2**31)"),
-         "float64": ("np.int64", "np.int64(63)", "np.int64(0x7FFFFFFFFFFFFFFF)",
-                     "np.int64(-2**63)")}
+# The max of a log-sum-exp row (here and in the rowwise kind) runs on integer keys: the float's
+# bits with the magnitude bits flipped where the sign is set order like the floats, and an
+# integer max vectorizes where a float compare-and-select one does not (LLVM needs no-nans for
+# that): 0.06 against 0.18 ns per float32 element in cache. A nan is then skipped or taken as
+# the max; either way exp(nan - m) or exp(x - nan) makes the sum nan.
+# Per dtype: (integer type, sign shift, magnitude mask, lowest key).
+ORDER_KEYS = {"float32": ("np.int32", "np.int32(31)", "np.int32(0x7FFFFFFF)", "np.int32(-2**31)"),
+              "float64": ("np.int64", "np.int64(63)", "np.int64(0x7FFFFFFFFFFFFFFF)",
+                          "np.int64(-2**63)")}
 # Sums over a row run in blocks of this many elements: in the dtype within a block (a reduction
 # LLVM vectorizes at the dtype's full width), in float64 across blocks.
 ROW_BLOCK = 256
@@ -724,7 +726,7 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
                 lines.append(f"    if v_{s} > m_{s} or v_{s} != v_{s}:")
                 lines.append(f"        m_{s} = v_{s}")
         if keyed:
-            ity, shift, mask, low = _KEYS[dt]
+            ity, shift, mask, low = ORDER_KEYS[dt]
             for a in keyed:
                 lines.append(f"k_{a.symbol.name} = {low}")
             body, _ = block({f"v_{a.symbol.name}": a.expr for a in keyed}, dt)

@@ -27,6 +27,7 @@ from symgrad.derive import (
     indexed_lse,
 )
 from symgrad.kinds import Kind, register_kind
+from symgrad.kinds.row_loss import ORDER_KEYS
 from symgrad.printer import DTYPES, print_expr
 from symgrad.spec import LSE, LogSumExpRowwise, X, Y
 
@@ -177,8 +178,10 @@ def _rowwise_context(d: RowwiseDerivation) -> dict:
                f"({sstr(d.jac_right.subs(Y, sp.Symbol('y_k')))})*sum_i g_i*"
                f"({sstr(d.jac_left.subs(Y, sp.Symbol('y_i')))})",
     }
+    keys = {dt: dict(zip(("int", "shift", "mask", "low"), ORDER_KEYS[dt], strict=True))
+            for dt in DTYPES}
     return {"e": exprs, "text": text, "uses_e": d.forward_from_e is not None,
-            "stored_p": stored_p,
+            "stored_p": stored_p, "keys": keys,
             "default_dim": d.spec.default_dim}
 
 
