@@ -905,11 +905,13 @@ Why the misses are missed (measured on this machine, 2026-11-23; rerun the comma
   181 ULP) against 0.17 ns for the copy; softplus's log1p(e^-|x|) to 1.4 ULP about 1 ns. torch's
   float32 gelu is a float32 erf: 0.6-0.7x here is the price of the accuracy (ACCURACY.md). relu,
   sigmoid and silu at 0.7-1x of torch are at the floor together with it.
-- Softmax and log_softmax forwards are a max pass, an exp pass and a scaling pass, as torch's; the
-  1.5x target needs an exp twice as fast per element as torch's. Ours spends the difference on
-  accuracy: the TwoSum correction of x - max (63 -> 2.2 ULP) and a float64 row sum; for
-  log_softmax the split sum that makes log1p(rest) exact (1.67e7 -> 4.9 ULP) and a scalar
-  log1p per row weigh most on rows of 32 (0.3-0.5x torch there).
+- Softmax and log_softmax forwards are a max pass, an exp pass, a sum and a scaling pass, as
+  torch's. In cache (one thread, float32, rows of 1000) the exp pass takes 0.24 of the 0.36 ns
+  per element (the max 0.035, the float64 sum 0.04, the division 0.05): the 1.5x target needs
+  an exp twice as fast per element as torch's, and ours spends the difference on accuracy (the
+  TwoSum correction of x - max: 63 -> 2.2 ULP). Short rows are no longer behind: the kernels
+  take blocks of rows a pass at a time (a row at a time, a row of 32's max, exp, sum and log1p
+  made one dependency chain; log_softmax (N,32) went from 0.5x to about 1x torch).
 - cross_entropy: 2.4-2.8x torch (float32, across runs) against the 3x target. The kernel reads
   the logits twice (max, then exp, sum and gradient) and now also sums the row without the
   target's term (so that a dominant target's loss is exact, not 0).

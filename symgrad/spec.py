@@ -39,7 +39,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_NAMES = frozenset({
     "x", "y", "t", "g", "gx", "e", "s", "m", "n", "i", "j", "k", "L", "x_t", "out", "out_y",
     "out_g", "xs", "ys", "gs", "ts", "input", "target", "grad_output", "dim", "fn", "params",
-    "np", "math", "njit", "prange",
+    "dtype", "memo", "np", "math", "njit", "prange",
 })
 
 

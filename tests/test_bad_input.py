@@ -99,3 +99,24 @@ def test_empty_arrays():
 def test_cross_parameter_constraints():
     with pytest.raises(ValueError, match="min_val cannot be greater than max_val"):
         K.hardtanh_forward(np.ones(3), min_val=2.0, max_val=1.0)
+
+
+def test_memoised_parameters_still_check_every_call():
+    # _params remembers checked plain floats; nothing else may ride on a remembered entry.
+    x = np.array([-2.0, 0.5, 3.0])
+    y = K.softplus_forward(x, beta=1.0)
+    np.testing.assert_array_equal(K.softplus_forward(x, beta=1.0), y)
+    with pytest.raises(TypeError, match="real number"):
+        K.softplus_forward(x, beta=True)  # True == 1.0 and hashes alike
+    for _ in range(2):  # a refused value is never remembered
+        with pytest.raises(ValueError, match="min_val cannot be greater than max_val"):
+            K.hardtanh_forward(x, min_val=2.0, max_val=1.0)
+        with pytest.raises(ValueError, match="beta is nan"):
+            K.softplus_forward(x, beta=float("nan"))
+    # -0.0 == 0.0 as a key, but the slope's sign reaches the result (0.0 * -2 = -0.0,
+    # -0.0 * -2 = 0.0): zeros are never memoised.
+    assert np.signbit(K.leaky_relu_forward(x, negative_slope=0.0)[0])
+    assert not np.signbit(K.leaky_relu_forward(x, negative_slope=-0.0)[0])
+    # float32 and float64 calls with the same values get parameters of their own dtype.
+    assert K.elu_forward(x.astype(np.float32), alpha=0.7).dtype == np.float32
+    assert K.elu_forward(x, alpha=0.7).dtype == np.float64

@@ -356,6 +356,7 @@ def test_spec_file_package_matches_mpmath(tmp_path):
     (lambda: symgrad.activation("p_dtype", "x * dtype", params={"dtype": 2.0}), "dtype"),
     (lambda: symgrad.activation("p_kernel", "x * kernel", params={"kernel": 2.0}), "kernel"),
     (lambda: symgrad.loss("p_code", "(x - t)**2 * code", params={"code": 2.0}), "code"),
+    (lambda: symgrad.activation("p_memo", "x * memo", params={"memo": 2.0}), "memo"),
 ])
 def test_parameter_names_that_clash_with_generated_code(make, name, tmp_path):
     with pytest.raises(UserOpError, match=f"parameter name '{name}'|compile.*{name}"):

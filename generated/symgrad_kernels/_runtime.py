@@ -166,6 +166,23 @@ def full(shape, value, dtype):
     return array
 
 
+_CONSTANTS = {}
+
+
+def constant(n, value, dtype):
+    """A read-only array of n copies of ``value`` (a default such as weight=None's 1.0), made once
+    per (n, value, dtype) up to 2^16 elements: filling 1000 ones cost more than the 10^3-element
+    kernel that reads them."""
+    key = (n, value, dtype)
+    array = _CONSTANTS.get(key)
+    if array is None:
+        array = full(n, value, dtype)
+        array.setflags(write=False)
+        if n <= 65536 and len(_CONSTANTS) < 64:
+            _CONSTANTS[key] = array
+    return array
+
+
 def readonly(array):
     """A read-only view (the array itself if it is one already): kernel inputs then all have the
     same Numba type, so one compilation."""

@@ -555,13 +555,19 @@ _KERNELS = {
 }
 
 
-def _flat_rows(array):
-    """An (outer, n, 1) row view as (outer, n): unit stride along the row for the fast path."""
-    return array.reshape(array.shape[0], array.shape[1]) if array.ndim == 3 else array
+def _rows(array, dim, contig):
+    """The kernels' row layout of a C-contiguous array: (outer, n) where the row is the last
+    axis (``contig``: the fast path, unit stride), else (outer, n, inner) with dim in the middle.
+    Built once here, not as a 3-D view reshaped again before every kernel call."""
+    if contig:
+        return array if array.ndim == 2 else array.reshape(math.prod(array.shape[:dim]), array.shape[dim])
+    return _rt.rows_view(array, dim)
 
 
-def _element(value, name, fn, reference, dim, exact, optional, default):
+def _element(value, name, fn, reference, dim, contig, exact, optional, default):
     """An element operand: the reference's shape (broadcast to it unless ``exact``)."""
+    if value is reference:  # the reference itself, checked already by _prepare
+        return _rt.readonly(_rows(reference, dim, contig))
     if value is None and optional:
         value = np.full(reference.shape, default, dtype=reference.dtype)
     array = _rt.float_array(value, name, fn)
@@ -573,12 +579,12 @@ def _element(value, name, fn, reference, dim, exact, optional, default):
             array = np.ascontiguousarray(np.broadcast_to(array, reference.shape))
         except ValueError:
             raise ValueError(f"{fn}: {name} of shape {array.shape} does not broadcast to y_pred's shape {reference.shape}") from None
-    return _rt.readonly(_rt.rows_view(array, dim))
+    return _rt.readonly(_rows(array, dim, contig))
 
 
 def _per_class(value, name, fn, reference, n_classes, default):
     if value is None:
-        return _rt.full(n_classes, default, reference.dtype)
+        return _rt.constant(n_classes, default, reference.dtype)
     array = _rt.float_array(value, name, fn)
     _rt.same_dtype(array, name, reference, "y_pred", fn)
     if array.shape != (n_classes,):
@@ -594,6 +600,9 @@ def _per_row(value, name, fn, reference, sample_shape, view_shape):
     return _rt.readonly(array.reshape(view_shape[0], view_shape[2]))
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def _index_targets(target, name, fn, sample_shape, n_classes, ignore, view_shape):
     if not isinstance(target, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of integers, got {type(target).__name__}")
@@ -601,7 +610,9 @@ def _index_targets(target, name, fn, sample_shape, n_classes, ignore, view_shape
         raise TypeError(f"{fn}: class-index {name} must have an integer dtype, got {target.dtype}")
     if target.shape != tuple(sample_shape):
         raise ValueError(f"{fn}: {name} has shape {target.shape}; expected {tuple(sample_shape)} for this input")
-    target = _rt.readonly(np.ascontiguousarray(target, dtype=np.int64).reshape(view_shape[0], view_shape[2]))
+    if target.dtype is not _INT64 or not target.flags.c_contiguous:  # else already the kernels' type
+        target = np.ascontiguousarray(target, dtype=np.int64)
+    target = _rt.readonly(target.reshape(view_shape[0], view_shape[2]))
     value = _first_bad_target(target, n_classes, 0 if ignore is None else ignore, ignore is not None)
     if value is not None:
         also = f" and not ignore_index={ignore}" if ignore is not None else ""
@@ -629,10 +640,11 @@ def _prepare(fn, y_true, y_pred, reduction):
     n_classes = ref.shape[dim]
     sample_shape = ref.shape[:dim] + ref.shape[dim + 1:]
     view_shape = _rt.rows_view(ref, dim).shape
+    contig = view_shape[2] == 1
     if n_classes == 0 and ref.size == 0 and int(np.prod(sample_shape, dtype=np.int64)):
         raise ValueError(f"{fn}: y_pred has rows of length 0 along dim {dim}")
     operands = (
-        _element(y_pred, "y_pred", fn, ref, dim, True, False, 1.0),
+        _element(ref, "y_pred", fn, ref, dim, contig, True, False, 1.0),
     )
     code = _rt.choice(reduction, "reduction", fn, ['none', 'mean', 'sum'])
     extra = ()
@@ -641,10 +653,10 @@ def _prepare(fn, y_true, y_pred, reduction):
         t = _rt.float_array(y_true, "y_true", fn)
         _rt.same_dtype(t, "y_true", ref, "y_pred", fn)
         _rt.same_shape(t, "y_true", ref, "y_pred", fn)
-        extra = (_rt.readonly(_rt.rows_view(t, dim)),)
+        extra = (_rt.readonly(_rows(t, dim, contig)),)
     variant = _VARIANTS[()]
     params = ()
-    return ref, dim, sample_shape, view_shape, code, mode, variant, (*operands, *params, *extra)
+    return ref, dim, contig, sample_shape, view_shape, code, mode, variant, (*operands, *params, *extra)
 
 
 def _divide(numerator, denominator):
@@ -679,7 +691,7 @@ def _mean_denominator(mode, args, view_shape):
     return float(outer * inner)
 
 
-def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad_output, want_grad):
+def _run(fn, ref, dim, contig, sample_shape, view_shape, code, mode, variant, args, grad_output, want_grad):
     outer, _, inner = view_shape
     losses = np.empty((outer, inner), dtype=ref.dtype)
     grads = [np.empty(ref.shape, dtype=ref.dtype) for _ in ['y_pred']]
@@ -687,10 +699,10 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         if code != "none" and isinstance(grad_output, np.ndarray) and grad_output.size != 1:
             raise ValueError(f"{fn}: grad_output must be a single number for a reduced loss")
         g, g_stride = _rt.grad_scalar_or_array(grad_output, fn, ref, sample_shape if code == "none" else ())
-        views = [_rt.rows_view(gr, dim) for gr in grads]
+        views = [_rows(gr, dim, contig) for gr in grads]
     else:
         g, g_stride = _rt.ONES[ref.dtype], 0
-        views = [np.empty((1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
+        views = [np.empty((1, 1) if contig else (1, 1, 1), dtype=ref.dtype) for _ in ['y_pred']]
     total, denominator = 0.0, 0.0
     scaled = False
     if want_grad and code == "mean" and ref.size:
@@ -698,10 +710,6 @@ def _run(fn, ref, dim, sample_shape, view_shape, code, mode, variant, args, grad
         if folded:  # 0 (every row ignored) keeps the gradient's zeroing below
             g, scaled = _rt.full(1, _divide(float(g[0]), folded), ref.dtype), True
     if ref.size:
-        contig = inner == 1
-        if contig:
-            args = tuple(_flat_rows(a) if isinstance(a, np.ndarray) else a for a in args)
-            views = [_flat_rows(v) for v in views]
         total, denominator = _pick(variant, mode, ref.dtype, ref.size, contig)(*args, _rt.readonly(g), g_stride, want_grad, losses, *views, view_shape)
     if code == "none":
         return losses.reshape(sample_shape), grads

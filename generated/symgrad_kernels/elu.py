@@ -224,10 +224,20 @@ _FORWARD_BACKWARD = {
 }
 
 
+_CHECKED = {}
+
+
 def _params(fn, dtype, alpha):
+    memo = type(alpha) is float and alpha != 0.0
+    if memo:
+        params = _CHECKED.get((dtype, alpha))
+        if params is not None:
+            return params
     params = (
         _rt.scalar(alpha, "alpha", fn, dtype, 0.0, None, False),
     )
+    if memo and len(_CHECKED) < 256:
+        _CHECKED[(dtype, alpha)] = params
     return params
 
 

@@ -355,8 +355,7 @@ def _pick(name, code, dtype, size):
 
 
 def _params(fn, dtype):
-    return (
-    )
+    return ()
 
 
 def gelu_forward(x, *, approximate='none', out=None):

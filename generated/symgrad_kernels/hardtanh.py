@@ -228,13 +228,23 @@ _FORWARD_BACKWARD = {
 }
 
 
+_CHECKED = {}
+
+
 def _params(fn, dtype, min_val, max_val):
+    memo = type(min_val) is float and min_val != 0.0 and type(max_val) is float and max_val != 0.0
+    if memo:
+        params = _CHECKED.get((dtype, min_val, max_val))
+        if params is not None:
+            return params
     params = (
         _rt.scalar(min_val, "min_val", fn, dtype, None, None, False),
         _rt.scalar(max_val, "max_val", fn, dtype, None, None, False),
     )
     if not ((min_val <= max_val)):
         raise ValueError(f"{fn}: min_val cannot be greater than max_val")
+    if memo and len(_CHECKED) < 256:
+        _CHECKED[(dtype, min_val, max_val)] = params
     return params
 
 

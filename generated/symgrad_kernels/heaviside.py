@@ -220,10 +220,20 @@ _FORWARD_BACKWARD = {
 }
 
 
+_CHECKED = {}
+
+
 def _params(fn, dtype, values):
+    memo = type(values) is float and values != 0.0
+    if memo:
+        params = _CHECKED.get((dtype, values))
+        if params is not None:
+            return params
     params = (
         _rt.scalar(values, "values", fn, dtype, None, None, False),
     )
+    if memo and len(_CHECKED) < 256:
+        _CHECKED[(dtype, values)] = params
     return params
 
 

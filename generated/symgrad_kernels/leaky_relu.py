@@ -225,10 +225,20 @@ _FORWARD_BACKWARD = {
 }
 
 
+_CHECKED = {}
+
+
 def _params(fn, dtype, negative_slope):
+    memo = type(negative_slope) is float and negative_slope != 0.0
+    if memo:
+        params = _CHECKED.get((dtype, negative_slope))
+        if params is not None:
+            return params
     params = (
         _rt.scalar(negative_slope, "negative_slope", fn, dtype, None, None, False),
     )
+    if memo and len(_CHECKED) < 256:
+        _CHECKED[(dtype, negative_slope)] = params
     return params
 
 

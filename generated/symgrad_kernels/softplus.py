@@ -241,11 +241,21 @@ _FORWARD_BACKWARD = {
 }
 
 
+_CHECKED = {}
+
+
 def _params(fn, dtype, beta, threshold):
+    memo = type(beta) is float and beta != 0.0 and type(threshold) is float and threshold != 0.0
+    if memo:
+        params = _CHECKED.get((dtype, beta, threshold))
+        if params is not None:
+            return params
     params = (
         _rt.scalar(beta, "beta", fn, dtype, 0.0, None, True),
         _rt.scalar(threshold, "threshold", fn, dtype, None, None, False),
     )
+    if memo and len(_CHECKED) < 256:
+        _CHECKED[(dtype, beta, threshold)] = params
     return params
 
 

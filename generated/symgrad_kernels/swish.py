@@ -298,8 +298,7 @@ def _pick(name, dtype, size):
 
 
 def _params(fn, dtype):
-    return (
-    )
+    return ()
 
 
 def _learnable(value, name, fn, x, channel_dim):

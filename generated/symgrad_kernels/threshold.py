@@ -225,11 +225,21 @@ _FORWARD_BACKWARD = {
 }
 
 
+_CHECKED = {}
+
+
 def _params(fn, dtype, threshold, value):
+    memo = type(threshold) is float and threshold != 0.0 and type(value) is float and value != 0.0
+    if memo:
+        params = _CHECKED.get((dtype, threshold, value))
+        if params is not None:
+            return params
     params = (
         _rt.scalar(threshold, "threshold", fn, dtype, None, None, False),
         _rt.scalar(value, "value", fn, dtype, None, None, False),
     )
+    if memo and len(_CHECKED) < 256:
+        _CHECKED[(dtype, threshold, value)] = params
     return params
 
 
