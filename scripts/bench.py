@@ -904,7 +904,7 @@ Why the misses are missed (measured on this machine, 2026-11-23; rerun the comma
   0.78 ns, gelu's x·Φ(x) 0.82 ns (computed in float64 so that it is within 0.54 ULP; it was
   181 ULP) against 0.17 ns for the copy; softplus's log1p(e^-|x|) to 1.4 ULP about 1 ns. torch's
   float32 gelu is a float32 erf: 0.6-0.7x here is the price of the accuracy (ACCURACY.md). relu,
-  sigmoid and silu at 0.7-1x of torch are at the floor together with it.
+  sigmoid and silu at 0.7-1.1x of torch (across runs) are at the floor together with it.
 - Softmax and log_softmax forwards are a max pass, an exp pass, a sum and a scaling pass, as
   torch's. In cache (one thread, float32, rows of 1000) the exp pass takes 0.24 of the 0.36 ns
   per element (the max 0.035, the float64 sum 0.04, the division 0.05): the 1.5x target needs
@@ -912,11 +912,12 @@ Why the misses are missed (measured on this machine, 2026-11-23; rerun the comma
   TwoSum correction of x - max: 63 -> 2.2 ULP). Short rows are no longer behind: the kernels
   take blocks of rows a pass at a time (a row at a time, a row of 32's max, exp, sum and log1p
   made one dependency chain; log_softmax (N,32) went from 0.5x to about 1x torch).
-- cross_entropy: 2.4-2.8x torch (float32, across runs) against the 3x target. The kernel reads
+- cross_entropy: 2.3-2.8x torch (float32, across runs) against the 3x target. The kernel reads
   the logits twice (max, then exp, sum and gradient) and now also sums the row without the
   target's term (so that a dominant target's loss is exact, not 0).
-- 10^3 elements: softplus's forward is kernel time (log1p and exp to 1.4 ULP), not call
-  overhead: a wrapper costs about 0.6 us (scripts/call_overhead.py).
+- 10^3 elements: softplus's float64 forward and backward are kernel time (log1p and exp to
+  1.4 ULP), not call overhead: a wrapper costs about 0.6 us and checks its parameters once per
+  value (scripts/call_overhead.py).
 """
 
 
