@@ -903,8 +903,11 @@ Why the misses are missed (measured on this machine, 2026-11-23; rerun the comma
   the copy: per element in an in-cache loop (single thread, float32) sigmoid costs 0.26 ns, erfc
   0.78 ns, gelu's x·Φ(x) 0.82 ns (computed in float64 so that it is within 0.54 ULP; it was
   181 ULP) against 0.17 ns for the copy; softplus's log1p(e^-|x|) to 1.4 ULP about 1 ns. torch's
-  float32 gelu is a float32 erf: 0.6-0.7x here is the price of the accuracy (ACCURACY.md). relu,
-  sigmoid and silu at 0.7-1.1x of torch (across runs) are at the floor together with it.
+  float32 gelu is a float32 erf: 0.6-0.7x here is the price of the accuracy (ACCURACY.md). A
+  float32-arithmetic x·Φ(x) (the same Mills-ratio polynomial, exp(-x²/2) from a split x²) ran
+  1.7x faster in cache but was 6.9 ULP off at worst (mean 0.5; 1.2·10^7 points against
+  scipy's ndtr in float64), over the 4-ULP target. relu, sigmoid and silu at 0.7-1.1x of torch
+  (across runs) are at the floor together with it.
 - Softmax and log_softmax forwards are a max pass, an exp pass, a sum and a scaling pass, as
   torch's. In cache (one thread, float32, rows of 1000) the exp pass takes 0.24 of the 0.36 ns
   per element (the max 0.035, the float64 sum 0.04, the division 0.05): the 1.5x target needs
