@@ -27,9 +27,10 @@ class LibraryFunction(sp.Function):
 
     nargs = 1
     latex_name: str = ""
-    # Where the naive form (or its derivative) is wrong in float64 and the stable one is not
-    # (tests/test_derive.py): overflow at ±1000 for most functions.
+    # Where the naive form (or its derivative) is wrong in float64 and the stable one, evaluated
+    # in NumPy, is right to hazard_rtol (tests/test_derive.py): overflow at ±1000 for most.
     hazard_points: tuple[float, ...] = (1000.0, -1000.0)
+    hazard_rtol: float = 1e-15
 
     @classmethod
     def explicit(cls, z: sp.Expr) -> sp.Expr:
@@ -129,9 +130,10 @@ class xncdf(LibraryFunction):  # noqa: N801
     rounding z/√2 first (which costs 2(z²/2) ULP in the tail, 1.5e3 ULP at z = -38)."""
 
     latex_name = r"\operatorname{gelu}"
-    # None here: its hazard is rounding (of z/√2), which its sympy stable form evaluated in
-    # numpy shares; the vecmath helper's accuracy is tested in tests/test_vecmath.py
-    hazard_points = ()
+    # At z = -10 the naive z(1 + erf(z/√2))/2 cancels to 0. The stable form in NumPy still rounds
+    # z/√2 first (3.9e-15 relative there); the vecmath helper does not (tests/test_vecmath.py).
+    hazard_points = (-10.0,)
+    hazard_rtol = 1e-14
 
     @classmethod
     def explicit(cls, z):
@@ -151,7 +153,10 @@ class ncdf_xpdf(LibraryFunction):  # noqa: N801
     terms cancel near its zero z0 = -0.7518; the helper has no cancellation there."""
 
     latex_name = r"\operatorname{gelu}'"
-    hazard_points = ()  # cancellation near z0, as xncdf's: see tests/test_vecmath.py
+    # At z = -10 the naive Φ(z) = 1 - erfc(z/√2)/2 cancels to 0 (its cancellation near z0 is the
+    # vecmath helper's to avoid: tests/test_vecmath.py).
+    hazard_points = (-10.0,)
+    hazard_rtol = 1e-14
 
     @classmethod
     def explicit(cls, z):

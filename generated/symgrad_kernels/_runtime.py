@@ -229,28 +229,3 @@ def operand(value, name, fn, reference, shape):
 def grad_scalar_or_array(grad_output, fn, reference, shape):
     """grad_output for a loss: a scalar (for reductions) or an array of the loss's shape."""
     return operand(grad_output, "grad_output", fn, reference, shape)
-
-
-def class_targets(target, n_rows_shape, n_classes, ignore_index, fn):
-    """Integer class indices of the expected shape, every one in range or ignored."""
-    if isinstance(target, np.integer):
-        target = np.asarray(target)
-    if not isinstance(target, np.ndarray):
-        raise TypeError(f"{fn}: target must be a numpy.ndarray of integers, "
-                        f"got {type(target).__name__}")
-    if target.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: class-index target must have an integer dtype, got {target.dtype}")
-    if target.shape != tuple(n_rows_shape):
-        raise ValueError(f"{fn}: target has shape {target.shape}; expected {tuple(n_rows_shape)} "
-                         f"for this input")
-    if not -2**63 <= ignore_index < 2**63:
-        raise ValueError(f"{fn}: ignore_index={ignore_index} does not fit in int64")
-    if n_classes == 0 and target.size:
-        raise ValueError(f"{fn}: input has 0 classes along the class dim; nothing to classify")
-    # Range-check in the target's own dtype: a uint64 index must not wrap onto ignore_index.
-    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-    if bad.any():
-        value = int(target[bad].flat[0])
-        raise ValueError(f"{fn}: target holds class index {value}, outside [0, {n_classes}) "
-                         f"and not ignore_index={ignore_index}")
-    return np.ascontiguousarray(target, dtype=np.int64)

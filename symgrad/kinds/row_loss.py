@@ -663,7 +663,7 @@ ORDER_KEYS = {"float32": ("np.int32", "np.int32(31)", "np.int32(0x7FFFFFFF)", "n
 ROW_BLOCK = 256
 
 
-def _shifted_exp(dst: str, u: str, m: str, dt: str) -> list[str]:
+def shifted_exp(dst: str, u: str, m: str, dt: str) -> list[str]:
     """dst = e^(u - m) for u <= m (m the row max, or nan) from the rounded difference d and
     its exact rounding error (TwoSum): e^(d + err) = e^d (1 + err). exp amplifies the rounding
     of d by |d| (33 ULP of a float32 softmax term at d near -80) otherwise."""
@@ -758,7 +758,7 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
             body, _ = block(outputs, dt)
             for a in sums:
                 if a.reduce == "logsumexp":
-                    body += _shifted_exp(f"v_{a.symbol.name}", f"u_{a.symbol.name}",
+                    body += shifted_exp(f"v_{a.symbol.name}", f"u_{a.symbol.name}",
                                          f"m_{a.symbol.name}", dt)
             # A relative log-sum-exp sums the row without its target (the target's e_j is
             # still stored for the gradient pass).
@@ -788,7 +788,7 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
                     # plus log(s) >= 0 (inf - inf stays nan, as torch's L - x_t).
                     body_t, _ = block({f"u_{s}": a.expr}, dt)
                     lines += _loads(spec, plan.mode, dt, "tgt_", contig) + body_t
-                    lines += _shifted_exp(f"et_{s}", f"u_{s}", f"m_{s}", dt)
+                    lines += shifted_exp(f"et_{s}", f"u_{s}", f"m_{s}", dt)
                     lines += [f"r_{s} = {cast}(acc_{s})",
                               f"s_{s} = {cast}(acc_{s} + np.float64(et_{s}))",
                               f"{s} = m_{s} + math.log(s_{s})",
@@ -835,7 +835,7 @@ def _row_body(spec: RowLoss, plan: RowPlan, dt: str, grad_names: list[str],
     exps: list[str] = []
     if not store and lses:
         body, _ = block({f"u_{a.symbol.name}": a.expr for a in lses}, dt)
-        exps = body + [x for a in lses for x in _shifted_exp(
+        exps = body + [x for a in lses for x in shifted_exp(
             stored_exp(a.symbol)[0].name, f"u_{a.symbol.name}", f"m_{a.symbol.name}", dt)]
     body, _ = block(dict(zip(grad_names, grads, strict=True)), dt)
     lines.append("for j_ in range(n_):")

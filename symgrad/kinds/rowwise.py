@@ -27,7 +27,7 @@ from symgrad.derive import (
     indexed_lse,
 )
 from symgrad.kinds import Kind, register_kind
-from symgrad.kinds.row_loss import ORDER_KEYS
+from symgrad.kinds.row_loss import ORDER_KEYS, shifted_exp
 from symgrad.printer import DTYPES, print_expr
 from symgrad.spec import LSE, LogSumExpRowwise, X, Y
 
@@ -182,6 +182,8 @@ def _rowwise_context(d: RowwiseDerivation) -> dict:
             for dt in DTYPES}
     return {"e": exprs, "text": text, "uses_e": d.forward_from_e is not None,
             "stored_p": stored_p, "keys": keys,
+            # p = e^(v - m) with the TwoSum correction, as the row losses compute it
+            "shifted_exp": {dt: shifted_exp("p", "v", "m", dt) for dt in DTYPES},
             "default_dim": d.spec.default_dim}
 
 
